@@ -1,0 +1,199 @@
+/*
+ * compiler/infer.c: `autodist infer MODEL.onnx --data NAME=FILE.npy...
+ * --out NAME=FILE.npy...`: single-device inference without a plan folder. The
+ * model is compiled for a chunk of the data (at most 256 samples), JIT-compiled
+ * in this process and run chunk by chunk; the last chunk is padded by
+ * repeating its last row and the padding is dropped from the outputs.
+ */
+#include "../cli/commands.h"
+#include "../runtime/jit.h"
+#include "../runtime/npy.h"
+#include "codegen_module.h"
+#include "onnx_load.h"
+#include "op.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char infer_usage[] =
+    "usage: autodist infer MODEL.onnx --data NAME=FILE.npy... --out NAME=FILE.npy...\n";
+
+#define MAX_IO 32
+
+typedef struct {
+  const char *name, *file;
+} binding;
+
+static ad_status parse_binding(const char *flag, const char *arg, binding *b) {
+  const char *eq = arg ? strchr(arg, '=') : NULL;
+  if (!eq || eq == arg || !eq[1])
+    return ad_fail(AD_ERR_INPUT, "error: %s needs NAME=FILE.npy, got '%s'\n%s", flag,
+                   arg ? arg : "", infer_usage);
+  b->name = strndup(arg, (size_t)(eq - arg));
+  b->file = eq + 1;
+  return AD_OK;
+}
+
+ad_status ad_cmd_infer(int argc, char **argv) {
+  const char *model = NULL;
+  binding data[MAX_IO], outs[MAX_IO];
+  int n_data = 0, n_out = 0;
+  ad_status st = AD_OK;
+  for (int i = 1; i < argc && st == AD_OK; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(infer_usage, stdout);
+      exit(0);
+    } else if (!strcmp(argv[i], "--data") || !strcmp(argv[i], "--out")) {
+      int is_data = argv[i][2] == 'd';
+      if ((is_data ? n_data : n_out) == MAX_IO)
+        st = ad_fail(AD_ERR_INPUT, "error: too many %s arguments", argv[i]);
+      else
+        st = parse_binding(argv[i], i + 1 < argc ? argv[i + 1] : NULL,
+                           is_data ? &data[n_data++] : &outs[n_out++]);
+      i++;
+    } else if (argv[i][0] == '-') {
+      st = ad_fail(AD_ERR_INPUT, "error: unknown option '%s'\n%s", argv[i], infer_usage);
+    } else if (!model) {
+      model = argv[i];
+    } else {
+      st = ad_fail(AD_ERR_INPUT, "error: unexpected argument '%s'\n%s", argv[i], infer_usage);
+    }
+  }
+  if (st == AD_OK && (!model || !n_data || !n_out))
+    st = ad_fail(AD_ERR_INPUT, "error: infer needs a model, --data and --out\n%s", infer_usage);
+
+  ad_npy arrays[MAX_IO];
+  memset(arrays, 0, sizeof arrays);
+  int64_t N = -1;
+  for (int i = 0; i < n_data && st == AD_OK; i++) {
+    st = ad_npy_load(data[i].file, &arrays[i]);
+    if (st == AD_OK && arrays[i].rank < 1)
+      st = ad_fail(AD_ERR_INPUT, "%s: error: needs a batch dimension, got a scalar", data[i].file);
+    if (st == AD_OK && N >= 0 && arrays[i].dims[0] != N)
+      st = ad_fail(AD_ERR_INPUT, "%s: error: has %lld samples but %s has %lld", data[i].file,
+                   (long long)arrays[i].dims[0], data[0].file, (long long)N);
+    if (st == AD_OK)
+      N = arrays[i].dims[0];
+  }
+  if (st == AD_OK && N == 0)
+    st = ad_fail(AD_ERR_INPUT, "%s: error: has no samples", data[0].file);
+
+  int64_t chunk = N > 256 ? 256 : N;
+  ad_graph *g = NULL;
+  ad_program *p = NULL;
+  ad_jit *jit = NULL;
+  char *mem = NULL;
+  ad_value *in_vals[MAX_IO] = {0}, *out_vals[MAX_IO] = {0};
+  void **out_data = ad_xcalloc(MAX_IO, sizeof(void *));
+  if (st == AD_OK)
+    st = ad_onnx_load(model, chunk, &g);
+  /* Bind names. */
+  for (int i = 0; i < n_data && st == AD_OK; i++) {
+    for (int k = 0; k < g->inputs.len; k++)
+      if (!strcmp(g->inputs.data[k]->name, data[i].name))
+        in_vals[i] = g->inputs.data[k];
+    ad_value *v = in_vals[i];
+    if (!v) {
+      st = ad_fail(AD_ERR_INPUT, "error: --data %s: %s has no input named '%s'", data[i].name,
+                   model, data[i].name);
+      break;
+    }
+    int ok = arrays[i].rank == v->rank && !strcmp(arrays[i].dtype, ad_dtype_name(v->dtype));
+    for (int d = 1; ok && d < v->rank; d++)
+      ok = arrays[i].dims[d] == v->dims[d];
+    if (!ok) {
+      int64_t want[AD_MAX_RANK];
+      memcpy(want, v->dims, sizeof want);
+      want[0] = N;
+      st = ad_fail(AD_ERR_INPUT, "%s: error: %s %s does not fit input '%s' (%s %s)",
+                   data[i].file, arrays[i].dtype, ad_shape_str(arrays[i].rank, arrays[i].dims),
+                   v->name, ad_dtype_name(v->dtype), ad_shape_str(v->rank, want));
+    }
+  }
+  for (int k = 0; k < (g ? g->inputs.len : 0) && st == AD_OK; k++) {
+    int given = 0;
+    for (int i = 0; i < n_data; i++)
+      given |= in_vals[i] == g->inputs.data[k];
+    if (!given)
+      st = ad_fail(AD_ERR_INPUT, "error: %s needs input '%s': give it with --data %s=FILE.npy",
+                   model, g->inputs.data[k]->name, g->inputs.data[k]->name);
+  }
+  for (int i = 0; i < n_out && st == AD_OK; i++) {
+    for (int k = 0; k < g->outputs.len; k++)
+      if (!strcmp(g->outputs.data[k]->name, outs[i].name))
+        out_vals[i] = g->outputs.data[k];
+    if (!out_vals[i])
+      st = ad_fail(AD_ERR_INPUT, "error: --out %s: %s has no output named '%s'", outs[i].name,
+                   model, outs[i].name);
+    else if (out_vals[i]->dtype != AD_F32)
+      st = ad_fail(AD_ERR_INPUT, "error: --out %s: only float32 outputs can be written",
+                   outs[i].name);
+  }
+  char bc[64];
+  snprintf(bc, sizeof bc, "/tmp/autodist-infer-%d.bc", (int)getpid());
+  if (st == AD_OK) {
+    p = ad_program_create(g, false);
+    p->global_batch = chunk;
+    st = ad_codegen(p, bc);
+    if (st == AD_OK)
+      st = ad_jit_create(bc, &jit);
+    unlink(bc);
+  }
+  void (*forward)(char *, void *) = NULL;
+  if (st == AD_OK)
+    st = ad_jit_lookup(jit, "ad_forward", (void **)&forward);
+  if (st == AD_OK) {
+    mem = aligned_alloc(64, (size_t)p->mem_bytes);
+    AD_ASSERT(mem);
+    memset(mem, 0, (size_t)p->mem_bytes);
+    for (int k = 0; k < g->params.len; k++) {
+      ad_value *v = g->params.data[k];
+      if (p->offset[v->id] >= 0)
+        memcpy(mem + p->offset[v->id], v->data, ad_value_bytes(v));
+    }
+    for (int i = 0; i < n_out; i++)
+      out_data[i] = ad_xmalloc((size_t)N * ad_value_bytes(out_vals[i]) / (size_t)chunk);
+    for (int64_t s = 0; s < N; s += chunk) {
+      for (int i = 0; i < n_data; i++) {
+        size_t row = ad_value_bytes(in_vals[i]) / (size_t)chunk;
+        for (int64_t r = 0; r < chunk; r++) {
+          int64_t src = s + r < N ? s + r : N - 1;
+          memcpy(mem + p->offset[in_vals[i]->id] + (size_t)r * row,
+                 (char *)arrays[i].data + (size_t)src * row, row);
+        }
+      }
+      forward(mem, NULL);
+      for (int i = 0; i < n_out; i++) {
+        ad_value *v = out_vals[i];
+        const ad_value *r = v;
+        while (r->kind == AD_VAL_ACT && r->producer->op->lower_kind == AD_LOWER_ALIAS)
+          r = r->producer->in[0];
+        size_t row = ad_value_bytes(v) / (size_t)chunk;
+        int64_t n = N - s < chunk ? N - s : chunk;
+        memcpy((char *)out_data[i] + (size_t)s * row, mem + p->offset[r->id], (size_t)n * row);
+      }
+    }
+    for (int i = 0; i < n_out && st == AD_OK; i++) {
+      int64_t dims[AD_MAX_RANK];
+      memcpy(dims, out_vals[i]->dims, sizeof dims);
+      dims[0] = N;
+      st = ad_npy_save(outs[i].file, "float32", out_vals[i]->rank, dims, out_data[i]);
+    }
+  }
+  free(mem);
+  for (int i = 0; i < MAX_IO; i++)
+    free(out_data[i]);
+  free(out_data);
+  for (int i = 0; i < n_data; i++) {
+    ad_npy_free(&arrays[i]);
+    free((char *)data[i].name);
+  }
+  for (int i = 0; i < n_out; i++)
+    free((char *)outs[i].name);
+  ad_jit_destroy(jit);
+  ad_program_destroy(p);
+  ad_graph_destroy(g);
+  return st;
+}

@@ -1,0 +1,47 @@
+/*
+ * compiler/ops/registry.c: the list of op family tables. An op is found by
+ * (op_type, domain) and the opset range of its entry, so one family file may
+ * hold two entries for one op whose semantics changed between opsets.
+ */
+#include "../op.h"
+
+#include <string.h>
+
+static const ad_op *const families[] = {
+    ad_ops_elementwise, ad_ops_shape, ad_ops_linear, ad_ops_conv, ad_ops_softmax, ad_ops_train,
+};
+
+static int domain_eq(const char *a, const char *b) {
+  if (!strcmp(a, "ai.onnx"))
+    a = "";
+  if (!strcmp(b, "ai.onnx"))
+    b = "";
+  return !strcmp(a, b);
+}
+
+const ad_op *ad_op_find(const char *op_type, const char *domain, int opset) {
+  for (size_t f = 0; f < sizeof families / sizeof *families; f++)
+    for (const ad_op *op = families[f]; op->name; op++) {
+      if (strcmp(op->name, op_type) || !domain_eq(op->domain, domain))
+        continue;
+      if (!strcmp(op->domain, "ad") || (opset >= op->min_opset && opset <= op->max_opset))
+        return op;
+    }
+  return NULL;
+}
+
+int ad_op_known(const char *op_type, const char *domain) {
+  for (size_t f = 0; f < sizeof families / sizeof *families; f++)
+    for (const ad_op *op = families[f]; op->name; op++)
+      if (!strcmp(op->name, op_type) && domain_eq(op->domain, domain))
+        return 1;
+  return 0;
+}
+
+const ad_op *ad_op_at(int i) {
+  for (size_t f = 0; f < sizeof families / sizeof *families; f++)
+    for (const ad_op *op = families[f]; op->name; op++)
+      if (i-- == 0)
+        return op;
+  return NULL;
+}

@@ -1,0 +1,86 @@
+/*
+ * runtime/comm.h: the communication layer of a job, one backend behind one
+ * opaque handle (ggml/NCCL style). A backend is a table of function pointers
+ * plus its private state; today the only one is MPI over host memory
+ * (runtime/comm_mpi.c). A GPU backend (NCCL) plugs in as another table whose
+ * `device` is AD_DEVICE_CUDA; callers never see which one they talk to.
+ *
+ * The handle also counts the payload bytes handed to collective calls of the
+ * step (an all-reduce of S bytes counts S), which `run --metrics` reports as
+ * bytes_sent. Bookkeeping calls (ad_comm_sum_f64, ad_comm_gather) are not
+ * counted: they are the runtime's, not the model's.
+ *
+ * Generated code reaches the handle through the `rt` pointer the worker passes
+ * to ad_step: that pointer IS the ad_comm * (see ad_rt_allreduce_start in
+ * runtime/kernels.h, implemented in comm.c).
+ */
+#ifndef AD_COMM_H
+#define AD_COMM_H
+
+#include "../common/ad.h"
+
+typedef enum ad_device_type {
+  AD_DEVICE_CPU,   /* host memory */
+  AD_DEVICE_CUDA,  /* device memory (NCCL backend, not built yet) */
+  AD_DEVICE_TYPE_COUNT
+} ad_device_type;
+
+const char *ad_device_type_name(ad_device_type t);
+
+/* One backend: every function gets the backend's own state `ctx`. Functions
+ * returning ad_status fail with AD_ERR_JOB and a message. */
+typedef struct ad_comm_backend {
+  const char *name;       /* "mpi" */
+  ad_device_type device;  /* where the buffers it is given live */
+  /* Non-blocking in-place sum of `count` floats at `buf`, tracked as `bucket`. */
+  ad_status (*allreduce_start)(void *ctx, int64_t bucket, float *buf, int64_t count);
+  /* Blocks until `bucket` (started before) is reduced. */
+  ad_status (*allreduce_wait)(void *ctx, int64_t bucket);
+  /* Blocking in-place sum of n doubles over all ranks. */
+  ad_status (*sum_f64)(void *ctx, double *vals, int n);
+  /* Blocking gather of `bytes` bytes from every rank into `recv` on rank 0, in
+   * rank order (recv holds size * bytes bytes; ignored on other ranks). */
+  ad_status (*gather)(void *ctx, const void *send, int64_t bytes, void *recv);
+  /* Ends the backend's part of the job cleanly (collective). */
+  ad_status (*finalize)(void *ctx);
+  /* Frees ctx (after finalize, or after a failure without it). */
+  void (*destroy)(void *ctx);
+} ad_comm_backend;
+
+typedef struct ad_comm ad_comm;
+
+/* Wraps a backend (the table is not copied and must outlive the handle; ctx is
+ * owned by the handle from now on). */
+ad_comm *ad_comm_create(const ad_comm_backend *backend, void *ctx, int rank, int size);
+
+/* The MPI backend: calls MPI_Init (once per process) and takes rank and size
+ * from MPI_COMM_WORLD. Fails with AD_ERR_JOB when MPI cannot start. */
+ad_status ad_comm_create_mpi(ad_comm **out);
+
+int ad_comm_rank(const ad_comm *c);
+int ad_comm_size(const ad_comm *c);
+ad_device_type ad_comm_device(const ad_comm *c);
+const char *ad_comm_backend_name(const ad_comm *c);
+
+/* The step's all-reduce pair (what ad_rt_allreduce_start/wait call). With one
+ * rank both are no-ops and count nothing. A backend failure is recorded and
+ * reported by ad_comm_check (generated code cannot take a status). */
+void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, float *buf, int64_t count);
+void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket);
+/* AD_OK, or the first failure recorded since the handle was created. */
+ad_status ad_comm_check(const ad_comm *c);
+
+/* Bytes handed to step collectives since the last call; resets the counter. */
+int64_t ad_comm_take_bytes(ad_comm *c);
+
+/* Blocking sum of n doubles over all ranks, in place (no-op with one rank). */
+ad_status ad_comm_sum_f64(ad_comm *c, double *vals, int n);
+/* Blocking gather to rank 0 in rank order; see ad_comm_backend.gather. */
+ad_status ad_comm_gather(ad_comm *c, const void *send, int64_t bytes, void *recv);
+
+/* Collective clean end (MPI_Finalize). Call only when every rank succeeded. */
+ad_status ad_comm_finalize(ad_comm *c);
+/* Frees the handle and the backend state. NULL is a no-op. */
+void ad_comm_destroy(ad_comm *c);
+
+#endif

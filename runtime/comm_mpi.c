@@ -1,0 +1,135 @@
+/*
+ * runtime/comm_mpi.c: the MPI backend of runtime/comm.h, for CPU workers on
+ * one or more nodes. All-reduce buckets are MPI_Iallreduce(MPI_IN_PLACE,
+ * MPI_FLOAT, MPI_SUM) requests kept in a table indexed by bucket number, so
+ * the reduction of one bucket overlaps the backward pass computing the next;
+ * wait is MPI_Wait on that request. Counts above INT_MAX floats are split into
+ * several requests per bucket (MPI counts are int).
+ *
+ * MPI's default error handler aborts the job on a failed call; the launcher
+ * notices the dead processes and reports them. The status checks below cover
+ * the error-returning handler too.
+ */
+#include "comm.h"
+
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct bucket {
+  MPI_Request *req;
+  int n_req, cap;
+  int active;
+} bucket;
+
+typedef struct mpi_ctx {
+  bucket *buckets;
+  int64_t n_buckets;
+} mpi_ctx;
+
+static ad_status mpi_check(int rc, const char *what) {
+  if (rc == MPI_SUCCESS)
+    return AD_OK;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  return ad_fail(AD_ERR_JOB, "error: %s failed: %s", what, msg);
+}
+
+static ad_status mpi_allreduce_start(void *ctx, int64_t b, float *buf, int64_t count) {
+  mpi_ctx *m = ctx;
+  if (b >= m->n_buckets) {
+    int64_t n = b + 1 > 2 * m->n_buckets ? b + 1 : 2 * m->n_buckets;
+    m->buckets = ad_xrealloc(m->buckets, (size_t)n * sizeof *m->buckets);
+    for (int64_t i = m->n_buckets; i < n; i++)
+      m->buckets[i] = (bucket){0};
+    m->n_buckets = n;
+  }
+  bucket *bk = &m->buckets[b];
+  AD_ASSERT(!bk->active);  /* generated code waits before restarting a bucket */
+  int need = (int)((count + INT_MAX - 1) / INT_MAX);
+  if (need > bk->cap) {
+    bk->req = ad_xrealloc(bk->req, (size_t)need * sizeof *bk->req);
+    bk->cap = need;
+  }
+  bk->n_req = 0;
+  for (int64_t done = 0; done < count; done += INT_MAX) {
+    int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
+    AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf + done, n, MPI_FLOAT, MPI_SUM,
+                                    MPI_COMM_WORLD, &bk->req[bk->n_req++]),
+                     "MPI_Iallreduce"));
+  }
+  bk->active = 1;
+  return AD_OK;
+}
+
+static ad_status mpi_allreduce_wait(void *ctx, int64_t b) {
+  mpi_ctx *m = ctx;
+  AD_ASSERT(b < m->n_buckets && m->buckets[b].active);
+  bucket *bk = &m->buckets[b];
+  bk->active = 0;
+  return mpi_check(MPI_Waitall(bk->n_req, bk->req, MPI_STATUSES_IGNORE), "MPI_Wait");
+}
+
+static ad_status mpi_sum_f64(void *ctx, double *vals, int n) {
+  return mpi_check(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+                   "MPI_Allreduce");
+}
+
+static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *recv) {
+  /* MPI_Gatherv with equal counts (the contract allows per-rank sizes later). */
+  int size, rank;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (bytes > INT_MAX || bytes * size > INT_MAX)
+    return ad_fail(AD_ERR_JOB, "error: gather of %lld bytes per rank is too large",
+                   (long long)bytes);
+  int *counts = ad_xmalloc((size_t)size * sizeof(int));
+  int *displs = ad_xmalloc((size_t)size * sizeof(int));
+  for (int r = 0; r < size; r++) {
+    counts[r] = (int)bytes;
+    displs[r] = (int)(bytes * r);
+  }
+  ad_status st = mpi_check(MPI_Gatherv(send, (int)bytes, MPI_BYTE, rank == 0 ? recv : NULL,
+                                       counts, displs, MPI_BYTE, 0, MPI_COMM_WORLD),
+                           "MPI_Gatherv");
+  free(counts);
+  free(displs);
+  return st;
+}
+
+static ad_status mpi_finalize(void *ctx) {
+  return mpi_check(MPI_Finalize(), "MPI_Finalize");
+}
+
+static void mpi_destroy(void *ctx) {
+  mpi_ctx *m = ctx;
+  for (int64_t i = 0; i < m->n_buckets; i++)
+    free(m->buckets[i].req);
+  free(m->buckets);
+  free(m);
+}
+
+static const ad_comm_backend mpi_backend = {
+    .name = "mpi",
+    .device = AD_DEVICE_CPU,
+    .allreduce_start = mpi_allreduce_start,
+    .allreduce_wait = mpi_allreduce_wait,
+    .sum_f64 = mpi_sum_f64,
+    .gather = mpi_gather,
+    .finalize = mpi_finalize,
+    .destroy = mpi_destroy,
+};
+
+ad_status ad_comm_create_mpi(ad_comm **out) {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (!inited)
+    AD_TRY(mpi_check(MPI_Init(NULL, NULL), "MPI_Init"));
+  int rank = 0, size = 1;
+  AD_TRY(mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
+  AD_TRY(mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size"));
+  *out = ad_comm_create(&mpi_backend, ad_xcalloc(1, sizeof(mpi_ctx)), rank, size);
+  return AD_OK;
+}

@@ -1,0 +1,96 @@
+/*
+ * runtime/kernels.h: the C ABI that generated code calls for heavy ops. Every
+ * kernel has the form
+ *     void ad_k_NAME(const int64_t *p, float *a0, float *a1, ...);
+ * `p` holds the integer parameters (shapes, strides, pads) in the order given
+ * for each kernel; float parameters (alpha, beta) are passed as the bit pattern
+ * of the float in an int64 slot (ad_k_f32 below reads them back). Buffers are
+ * caller-owned; kernels never allocate except where noted. The worker binary
+ * exports these symbols so that the JIT finds them in the process.
+ *
+ * Layouts: tensors are dense, row-major; images NCHW; conv weights (M, C/group, KH, KW).
+ */
+#ifndef AD_KERNELS_H
+#define AD_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+static inline float ad_k_f32(int64_t slot) {
+  float f;
+  uint32_t u = (uint32_t)slot;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+static inline int64_t ad_k_slot(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return (int64_t)u;
+}
+
+/* C = alpha * op(A) op(B) + beta * C, row-major, through cblas_sgemm.
+ * p = {transA, transB, M, N, K, lda, ldb, ldc, alpha_bits, beta_bits, batch,
+ *      strideA, strideB, strideC}   (batch >= 1: a batch of independent GEMMs,
+ *      element strides between consecutive A, B, C; stride 0 broadcasts) */
+void ad_k_gemm(const int64_t *p, const float *A, const float *B, float *C);
+
+/* Y[m, n] += bias[n] (bias row broadcast over rows); p = {M, N}. */
+void ad_k_add_rowvec(const int64_t *p, float *Y, const float *bias);
+
+/* 2-D convolution parameters shared by the conv kernels:
+ * p = {N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top, pad_left,
+ *      dil_h, dil_w, group}
+ * Workspace: ad_k_conv2d_workspace(p) floats, provided by the caller. */
+int64_t ad_k_conv2d_workspace(const int64_t *p);
+/* y = conv(x, w) + b (b may be NULL). */
+void ad_k_conv2d_fwd(const int64_t *p, const float *x, const float *w, const float *b, float *y,
+                     float *ws);
+/* dx = conv_transpose(dy, w) (overwrites dx). */
+void ad_k_conv2d_bwd_data(const int64_t *p, const float *dy, const float *w, float *dx, float *ws);
+/* dw = correlation of x and dy (overwrites dw). */
+void ad_k_conv2d_bwd_weight(const int64_t *p, const float *x, const float *dy, float *dw,
+                            float *ws);
+
+/* Pooling parameters: p = {N, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_top, pad_left,
+ *                          dil_h, dil_w, count_include_pad}
+ * Padding cells are ignored by max pooling. */
+void ad_k_maxpool2d_fwd(const int64_t *p, const float *x, float *y);
+/* dx = scatter of dy to the argmax of each window (first maximum wins, like
+ * PyTorch); overwrites dx. */
+void ad_k_maxpool2d_bwd(const int64_t *p, const float *x, const float *dy, float *dx);
+void ad_k_avgpool2d_fwd(const int64_t *p, const float *x, float *y);
+void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx);
+
+/* Softmax / LogSoftmax along one axis: p = {outer, n, inner} (the tensor viewed
+ * as [outer, n, inner], the axis being n). */
+void ad_k_softmax_fwd(const int64_t *p, const float *x, float *y);
+void ad_k_softmax_bwd(const int64_t *p, const float *y, const float *dy, float *dx);
+void ad_k_logsoftmax_fwd(const int64_t *p, const float *x, float *y);
+void ad_k_logsoftmax_bwd(const int64_t *p, const float *y, const float *dy, float *dx);
+
+/* Cross entropy of logits [N, C] with int64 labels [N]:
+ * p = {N, C, scale_bits}; loss[0] = scale * sum_i -log softmax(x_i)[label_i];
+ * dx = scale * (softmax(x) - onehot(label)) (scale = 1 / global batch).
+ * Labels outside [0, C) are a data error: the kernel writes NaN to loss. */
+void ad_k_xent_fwd(const int64_t *p, const float *x, const int64_t *label, float *loss);
+void ad_k_xent_bwd(const int64_t *p, const float *x, const int64_t *label, const float *dloss,
+                   float *dx);
+
+/* Transpose of a dense tensor: p = {rank, dims[rank]..., perm[rank]...};
+ * y has dims[perm[i]] at axis i. */
+void ad_k_transpose(const int64_t *p, const float *x, float *y);
+
+/* Constant pad: p = {rank, dims[rank]..., pads_begin[rank]..., pads_end[rank]..., value_bits};
+ * pads may be negative (crop). pad_bwd crops dy back to x's shape. */
+void ad_k_pad_fwd(const int64_t *p, const float *x, float *y);
+void ad_k_pad_bwd(const int64_t *p, const float *dy, float *dx);
+
+/* ---- communication, called from generated code; `rt` is the handle the
+ * worker passed to ad_step. Implemented in runtime/comm.c over the backend. ----
+ * Starts an in-place sum all-reduce of `count` floats at `buf` as bucket
+ * number `bucket` (non-blocking); wait blocks until that bucket is reduced.
+ * Every rank starts the same buckets in the same order. */
+void ad_rt_allreduce_start(void *rt, int64_t bucket, float *buf, int64_t count);
+void ad_rt_allreduce_wait(void *rt, int64_t bucket);
+
+#endif

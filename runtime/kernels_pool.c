@@ -1,0 +1,226 @@
+/*
+ * runtime/kernels_pool.c: 2-D max and average pooling, forward and backward.
+ *
+ * Design: windows may be padded (top/left given, bottom/right implied by the
+ * output size) and dilated. For each output row and column the range of kernel
+ * taps that land inside the image is computed once, so the window loops carry
+ * no bounds tests and padding cells are never read. Max pooling keeps no index
+ * buffer: the backward pass recomputes the argmax from x with the same rule as
+ * the forward (first maximum wins; a NaN wins over numbers, the last NaN over
+ * earlier ones, exactly PyTorch's `val > max || isnan(val)` rule).
+ * The common 2x2 / stride 2 unpadded max pool has its own loop.
+ */
+#include "runtime/kernels.h"
+
+#include <math.h>
+#include <stddef.h>
+
+typedef struct pool_geom {
+  int64_t n, c, h, w, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, include_pad;
+} pool_geom;
+
+static pool_geom pool_geom_of(const int64_t *p) {
+  pool_geom g = {p[0], p[1], p[2],  p[3],  p[4],  p[5],  p[6], p[7],
+                 p[8], p[9], p[10], p[11], p[12], p[13], p[14]};
+  return g;
+}
+
+/* Taps [lo, hi) of a kernel of k taps with dilation d whose cell o0 + t * d
+ * lies in [0, n). */
+static void taps(int64_t o0, int64_t d, int64_t k, int64_t n, int64_t *lo, int64_t *hi) {
+  int64_t a = o0 >= 0 ? 0 : (-o0 + d - 1) / d;
+  int64_t t = n - 1 - o0;
+  int64_t b = t < 0 ? 0 : t / d + 1;
+  a = a > k ? k : a;
+  b = b > k ? k : b;
+  *lo = a;
+  *hi = b < a ? a : b;
+}
+
+/* The max pooling rule: v replaces the running max m when greater, and a NaN
+ * always replaces it (so NaN propagates). Branch-free selects: with random
+ * data a branch here mispredicts about half the time. */
+static inline int takes(float v, float m) {
+  return (v > m) | (v != v);
+}
+
+/* Offset in the plane of the window maximum for output (oy, ox), or -1 when
+ * the window holds no image cell. */
+static int64_t window_argmax(const pool_geom *g, const float *xp, int64_t oy, int64_t ox) {
+  const int64_t y0 = oy * g->sh - g->pt, x0 = ox * g->sw - g->pl;
+  int64_t ylo, yhi, xlo, xhi;
+  taps(y0, g->dh, g->kh, g->h, &ylo, &yhi);
+  taps(x0, g->dw, g->kw, g->w, &xlo, &xhi);
+  int64_t best = -1;
+  float mx = -INFINITY;
+  for (int64_t ky = ylo; ky < yhi; ky++) {
+    const int64_t row = (y0 + ky * g->dh) * g->w;
+    for (int64_t kx = xlo; kx < xhi; kx++) {
+      const int64_t off = row + x0 + kx * g->dw;
+      const float v = xp[off];
+      if (best < 0 || takes(v, mx)) {
+        best = off;
+        mx = v;
+      }
+    }
+  }
+  return best;
+}
+
+static int is_pool2x2(const pool_geom *g) {
+  return g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->pt == 0 && g->pl == 0 &&
+         g->dh == 1 && g->dw == 1 && 2 * g->oh <= g->h && 2 * g->ow <= g->w;
+}
+
+/* 2x2 / stride 2 windows tile the image (but for an odd last row or column,
+ * which no window reads): the forward is a pairwise max; the backward writes
+ * every dx cell of a window (dy at the argmax, 0 elsewhere) without a
+ * separate zeroing pass. */
+static void maxpool2x2_fwd(const pool_geom *g, const float *xp, float *yp) {
+  for (int64_t oy = 0; oy < g->oh; oy++) {
+    const float *r0 = xp + 2 * oy * g->w, *r1 = r0 + g->w;
+    float *yr = yp + oy * g->ow;
+    for (int64_t ox = 0; ox < g->ow; ox++) {
+      float m = r0[2 * ox];
+      const float v1 = r0[2 * ox + 1], v2 = r1[2 * ox], v3 = r1[2 * ox + 1];
+      m = takes(v1, m) ? v1 : m;
+      m = takes(v2, m) ? v2 : m;
+      m = takes(v3, m) ? v3 : m;
+      yr[ox] = m;
+    }
+  }
+}
+
+static void maxpool2x2_bwd(const pool_geom *g, const float *xp, const float *dyp, float *dxp) {
+  for (int64_t oy = 0; oy < g->oh; oy++) {
+    const float *r0 = xp + 2 * oy * g->w, *r1 = r0 + g->w;
+    float *d0 = dxp + 2 * oy * g->w, *d1 = d0 + g->w;
+    const float *dyr = dyp + oy * g->ow;
+    for (int64_t ox = 0; ox < g->ow; ox++) {
+      const int64_t c0 = 2 * ox;
+      float m = r0[c0];
+      int at = 0;
+      const float v1 = r0[c0 + 1], v2 = r1[c0], v3 = r1[c0 + 1];
+      if (takes(v1, m))
+        m = v1, at = 1;
+      if (takes(v2, m))
+        m = v2, at = 2;
+      if (takes(v3, m))
+        m = v3, at = 3;
+      const float v = dyr[ox];
+      d0[c0] = at == 0 ? v : 0.0f;
+      d0[c0 + 1] = at == 1 ? v : 0.0f;
+      d1[c0] = at == 2 ? v : 0.0f;
+      d1[c0 + 1] = at == 3 ? v : 0.0f;
+    }
+    for (int64_t c = 2 * g->ow; c < g->w; c++)
+      d0[c] = d1[c] = 0.0f;
+  }
+  memset(dxp + 2 * g->oh * g->w, 0, (size_t)((g->h - 2 * g->oh) * g->w) * sizeof(float));
+}
+
+void ad_k_maxpool2d_fwd(const int64_t *p, const float *x, float *y) {
+  const pool_geom g = pool_geom_of(p);
+  const int64_t planes = g.n * g.c;
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const float *xp = x + pl * g.h * g.w;
+    float *yp = y + pl * g.oh * g.ow;
+    if (is_pool2x2(&g)) {
+      maxpool2x2_fwd(&g, xp, yp);
+      continue;
+    }
+    for (int64_t oy = 0; oy < g.oh; oy++)
+      for (int64_t ox = 0; ox < g.ow; ox++) {
+        const int64_t a = window_argmax(&g, xp, oy, ox);
+        yp[oy * g.ow + ox] = a < 0 ? -INFINITY : xp[a];
+      }
+  }
+}
+
+void ad_k_maxpool2d_bwd(const int64_t *p, const float *x, const float *dy, float *dx) {
+  const pool_geom g = pool_geom_of(p);
+  const int64_t planes = g.n * g.c;
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const float *xp = x + pl * g.h * g.w;
+    const float *dyp = dy + pl * g.oh * g.ow;
+    float *dxp = dx + pl * g.h * g.w;
+    if (is_pool2x2(&g)) {
+      maxpool2x2_bwd(&g, xp, dyp, dxp);
+      continue;
+    }
+    memset(dxp, 0, (size_t)(g.h * g.w) * sizeof(float));
+    for (int64_t oy = 0; oy < g.oh; oy++)
+      for (int64_t ox = 0; ox < g.ow; ox++) {
+        const int64_t a = window_argmax(&g, xp, oy, ox);
+        if (a >= 0)
+          dxp[a] += dyp[oy * g.ow + ox];
+      }
+  }
+}
+
+/* The divisor of window (oy, ox): all kh * kw taps when padding counts (the
+ * implied bottom/right padding keeps every window inside the padded image),
+ * else the taps that land in the image. */
+static int64_t avg_count(const pool_geom *g, int64_t ylo, int64_t yhi, int64_t xlo,
+                         int64_t xhi) {
+  if (g->include_pad)
+    return g->kh * g->kw;
+  return (yhi - ylo) * (xhi - xlo);
+}
+
+void ad_k_avgpool2d_fwd(const int64_t *p, const float *x, float *y) {
+  const pool_geom g = pool_geom_of(p);
+  const int64_t planes = g.n * g.c;
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const float *xp = x + pl * g.h * g.w;
+    float *yp = y + pl * g.oh * g.ow;
+    for (int64_t oy = 0; oy < g.oh; oy++) {
+      const int64_t y0 = oy * g.sh - g.pt;
+      int64_t ylo, yhi;
+      taps(y0, g.dh, g.kh, g.h, &ylo, &yhi);
+      for (int64_t ox = 0; ox < g.ow; ox++) {
+        const int64_t x0 = ox * g.sw - g.pl;
+        int64_t xlo, xhi;
+        taps(x0, g.dw, g.kw, g.w, &xlo, &xhi);
+        float s = 0.0f;
+        for (int64_t ky = ylo; ky < yhi; ky++) {
+          const int64_t r = (y0 + ky * g.dh) * g.w + x0;
+          for (int64_t kx = xlo; kx < xhi; kx++)
+            s += xp[r + kx * g.dw];
+        }
+        const int64_t cnt = avg_count(&g, ylo, yhi, xlo, xhi);
+        /* A window entirely in the padding has no cells to average: 0. */
+        yp[oy * g.ow + ox] = cnt > 0 ? s / (float)cnt : 0.0f;
+      }
+    }
+  }
+}
+
+void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx) {
+  const pool_geom g = pool_geom_of(p);
+  const int64_t planes = g.n * g.c;
+  memset(dx, 0, (size_t)(planes * g.h * g.w) * sizeof(float));
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const float *dyp = dy + pl * g.oh * g.ow;
+    float *dxp = dx + pl * g.h * g.w;
+    for (int64_t oy = 0; oy < g.oh; oy++) {
+      const int64_t y0 = oy * g.sh - g.pt;
+      int64_t ylo, yhi;
+      taps(y0, g.dh, g.kh, g.h, &ylo, &yhi);
+      for (int64_t ox = 0; ox < g.ow; ox++) {
+        const int64_t x0 = ox * g.sw - g.pl;
+        int64_t xlo, xhi;
+        taps(x0, g.dw, g.kw, g.w, &xlo, &xhi);
+        const int64_t cnt = avg_count(&g, ylo, yhi, xlo, xhi);
+        if (cnt <= 0)
+          continue;
+        const float v = dyp[oy * g.ow + ox] / (float)cnt;
+        for (int64_t ky = ylo; ky < yhi; ky++) {
+          const int64_t r = (y0 + ky * g.dh) * g.w + x0;
+          for (int64_t kx = xlo; kx < xhi; kx++)
+            dxp[r + kx * g.dw] += v;
+        }
+      }
+    }
+  }
+}

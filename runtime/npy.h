@@ -1,0 +1,28 @@
+/*
+ * runtime/npy.h: NumPy .npy files (format 1.0-3.0), the data format of
+ * `run --data` and `--out`. Supported dtypes: <f4, <f8 (converted to float32 on
+ * load), <i8, <i4 (converted to int64 on load), |u1, |b1. C order only; a
+ * Fortran-ordered or big-endian file is an input error naming the file.
+ */
+#ifndef AD_NPY_H
+#define AD_NPY_H
+
+#include "../common/ad.h"
+
+typedef struct ad_npy {
+  char dtype[16];   /* after conversion: "float32" or "int64" (or "uint8", "bool") */
+  int rank;
+  int64_t dims[8];
+  int64_t numel;
+  void *data;       /* owned; numel elements of dtype */
+} ad_npy;
+
+/* Loads a file; floats become float32 and integers int64. */
+ad_status ad_npy_load(const char *path, ad_npy *out);
+ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_npy *out);
+/* Writes a float32 or int64 array (dtype "float32" / "int64"), atomically. */
+ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64_t *dims,
+                      const void *data);
+void ad_npy_free(ad_npy *a);
+
+#endif

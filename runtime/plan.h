@@ -1,0 +1,94 @@
+/*
+ * runtime/plan.h: the plan directory, the one contract between `autodist
+ * compile` (writer) and `autodist run` (reader). See docs/plan-format.md.
+ *
+ *   PLAN/plan.yaml        this manifest (YAML, written and read with libyaml)
+ *   PLAN/device<R>.bc     LLVM bitcode of the step (or forward) function of rank R
+ *   PLAN/weights.bin      initial values of parameters, raw little-endian, at
+ *                         the offsets listed under tensors (file offset = `init`)
+ *   PLAN/model.onnx       the input model with trainable initializers removed,
+ *                         for --save (the runtime appends trained ones)
+ *
+ * Every file is listed with its SHA-256; ad_plan_load verifies them before any
+ * process starts. The plan names files relative to its folder (relocatable).
+ */
+#ifndef AD_PLAN_H
+#define AD_PLAN_H
+
+#include "../common/ad.h"
+
+#include <stdbool.h>
+
+typedef enum ad_tensor_role {
+  AD_ROLE_PARAM,   /* trained initializer: initial value in weights.bin */
+  AD_ROLE_FROZEN,  /* initializer that is not trained: in weights.bin */
+  AD_ROLE_STATE,   /* optimizer state: zero at start */
+  AD_ROLE_INPUT,   /* data input: the replica's slice of the global batch */
+  AD_ROLE_LABEL,   /* label input the loss adds */
+  AD_ROLE_OUTPUT,  /* graph output (inference) */
+  AD_ROLE_LOSS,    /* scalar float32: this replica's share of the mean loss */
+  AD_ROLE_GRAD,    /* gradient of a parameter */
+  AD_ROLE_COUNT
+} ad_tensor_role;
+
+const char *ad_role_name(ad_tensor_role r);
+
+typedef struct ad_plan_tensor {
+  char *name;
+  ad_tensor_role role;
+  char dtype[16];       /* "float32", "int64" */
+  int rank;
+  int64_t dims[8];      /* per replica (inputs: the local batch slice) */
+  int64_t offset;       /* byte offset in the device arena */
+  int64_t init;         /* PARAM/FROZEN: byte offset in weights.bin; else -1 */
+  int64_t bytes;
+} ad_plan_tensor;
+
+typedef struct ad_plan_device {
+  int rank;
+  char *node;           /* address from the resource spec */
+  char *type;           /* "cpu" */
+  int id;               /* CPU core (or GPU index) */
+  char *module;         /* file name of its bitcode */
+} ad_plan_device;
+
+typedef struct ad_plan_bucket {
+  int64_t offset, bytes; /* contiguous gradient range in the arena */
+} ad_plan_bucket;
+
+typedef struct ad_plan_file {
+  char *path;
+  char sha256[65];
+} ad_plan_file;
+
+typedef struct ad_plan {
+  int format;           /* 1 */
+  char *autodist_version;
+  char *model_sha256;   /* of the ONNX file given to compile */
+  char *strategy;       /* "allreduce" */
+  bool training;        /* false: inference plan (ad_forward) */
+  int64_t global_batch; /* B: samples per step over all replicas */
+  int replicas;
+  int64_t mem_bytes;    /* arena size per device */
+  char *loss_kind;      /* train.yml loss, "" for inference */
+  int n_devices;
+  ad_plan_device *devices;
+  int n_tensors;
+  ad_plan_tensor *tensors;
+  int n_buckets;
+  ad_plan_bucket *buckets;
+  int n_files;
+  ad_plan_file *files;
+  char *dir;            /* folder the plan was loaded from (not written) */
+} ad_plan;
+
+/* Writes PLAN_DIR/plan.yaml (atomically). The files listed in plan->files must
+ * already exist in dir; their hashes are computed here. */
+ad_status ad_plan_write(const ad_plan *plan, const char *dir);
+/* Reads and validates dir/plan.yaml and verifies every file hash. Errors name
+ * the file (and line:column in plan.yaml). */
+ad_status ad_plan_load(const char *dir, ad_plan **out);
+void ad_plan_free(ad_plan *plan);
+const ad_plan_tensor *ad_plan_tensor_find(const ad_plan *plan, const char *name);
+
+#endif

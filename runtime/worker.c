@@ -1,0 +1,458 @@
+/*
+ * runtime/worker.c: `autodist __worker PLAN [run options]`, one process of a
+ * job, started by `autodist run` through mpirun (rank and size come from MPI).
+ *
+ * A worker loads the plan, pins itself to its CPU core, JIT-compiles its
+ * device module for this CPU, lays out its arena (parameters from
+ * weights.bin, everything else zero), and then runs the step loop: copy its
+ * slice of the global batch into the INPUT/LABEL tensors (runtime/data.h has
+ * the order), call ad_step(mem, comm, k + 1), and sum the loss and the bytes
+ * sent over the ranks once per step for --metrics. Inference plans run
+ * ad_forward over the data once, in order, and gather the outputs to rank 0.
+ *
+ * The launcher watches files in $AD_RUN_DIR: rank<R>.pid ("PID HOST") at
+ * start, rank<R>.done at a clean end, rank<R>.err (the message) on failure.
+ * A failing worker exits without MPI_Finalize, so mpirun stops the others; the
+ * launcher reports the message, which is why the worker does not print it too.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE  /* sched_setaffinity */
+#endif
+#include "../cli/commands.h"
+#include "comm.h"
+#include "data.h"
+#include "jit.h"
+#include "onnx_save.h"
+#include "plan.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* OpenBLAS's own control; the workers are the parallelism, one thread each. */
+extern void openblas_set_num_threads(int n);
+
+typedef void (*step_fn)(char *mem, void *rt, int64_t step);
+typedef void (*forward_fn)(char *mem, void *rt);
+
+typedef struct worker {
+  ad_run_opts opts;
+  ad_plan *plan;
+  ad_comm *comm;
+  int rank, size;
+  const ad_plan_device *device;
+  ad_jit *jit;
+  char *mem;
+  ad_npy *arrays;               /* one per opts.data */
+  const ad_plan_tensor **feeds; /* the tensor each array feeds */
+  int64_t n_samples;
+  int64_t local_batch;          /* b = B / replicas */
+  char **outs;                  /* per opts.out: gathered rows (rank 0) */
+  FILE *metrics;
+  bool tty;
+} worker;
+
+static double now_sec(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char *plan_path(const ad_plan *plan, const char *name) {
+  size_t n = strlen(plan->dir) + strlen(name) + 2;
+  char *p = ad_xmalloc(n);
+  snprintf(p, n, "%s/%s", plan->dir, name);
+  return p;
+}
+
+/* $AD_RUN_DIR/rank<R>.<ext> with `text`; no-op when run by hand. */
+static void write_status_file(int rank, const char *ext, const char *text) {
+  const char *dir = getenv("AD_RUN_DIR");
+  if (!dir || !*dir)
+    return;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/rank%d.%s", dir, rank, ext);
+  ad_status st = ad_file_write(path, text, strlen(text));
+  (void)st;  /* the launcher also notices a vanished process without the file */
+}
+
+/* ---- setup ---- */
+
+static ad_status check_plan(worker *w) {
+  const ad_plan *p = w->plan;
+  if (w->size != p->n_devices || p->replicas != p->n_devices)
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: the plan has %d devices (%d replicas) but the job has %d processes",
+                   p->dir, p->n_devices, p->replicas, w->size);
+  if (p->global_batch <= 0 || p->global_batch % p->replicas)
+    return ad_fail(AD_ERR_INPUT, "%s: error: global batch %lld does not split over %d replicas",
+                   p->dir, (long long)p->global_batch, p->replicas);
+  w->local_batch = p->global_batch / p->replicas;
+  for (int i = 0; i < p->n_devices; i++)
+    if (p->devices[i].rank == w->rank)
+      w->device = &p->devices[i];
+  if (!w->device)
+    return ad_fail(AD_ERR_INPUT, "%s: error: no device with rank %d", p->dir, w->rank);
+  if (strcmp(w->device->type, "cpu"))
+    return ad_fail(AD_ERR_INPUT, "%s: error: device type '%s' of rank %d is not supported by this "
+                   "build (cpu only)", p->dir, w->device->type, w->rank);
+  if (p->training) {
+    const ad_plan_tensor *loss = NULL;
+    for (int i = 0; i < p->n_tensors; i++)
+      if (p->tensors[i].role == AD_ROLE_LOSS)
+        loss = &p->tensors[i];
+    if (!loss || strcmp(loss->dtype, "float32") || loss->bytes != 4)
+      return ad_fail(AD_ERR_INPUT, "%s: error: training plan without a float32 scalar loss",
+                     p->dir);
+  }
+  return AD_OK;
+}
+
+/* Pins to the device's core where this machine has it (the spec may describe
+ * a bigger machine); otherwise runs unpinned, saying so once. */
+static void pin_to_core(const worker *w) {
+  int core = w->device->id;
+  long n = sysconf(_SC_NPROCESSORS_CONF);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (core >= 0 && core < n && core < CPU_SETSIZE) {
+    CPU_SET(core, &set);
+    if (sched_setaffinity(0, sizeof set, &set) == 0)
+      return;
+  }
+  fprintf(stderr, "autodist: warning: worker rank %d: CPU core %d does not exist on this machine "
+          "(%ld cores) or is not allowed; running unpinned\n", w->rank, core, n);
+}
+
+static ad_status load_weights(worker *w) {
+  const ad_plan *p = w->plan;
+  int any = 0;
+  for (int i = 0; i < p->n_tensors; i++)
+    any |= p->tensors[i].init >= 0 &&
+           (p->tensors[i].role == AD_ROLE_PARAM || p->tensors[i].role == AD_ROLE_FROZEN);
+  if (!any)
+    return AD_OK;
+  char *path = plan_path(p, "weights.bin");
+  char *data = NULL;
+  size_t len = 0;
+  ad_status st = ad_file_read(path, &data, &len);
+  bool read = st == AD_OK;
+  for (int i = 0; st == AD_OK && i < p->n_tensors; i++) {
+    const ad_plan_tensor *t = &p->tensors[i];
+    if (t->init < 0 || (t->role != AD_ROLE_PARAM && t->role != AD_ROLE_FROZEN))
+      continue;
+    if (t->init + t->bytes > (int64_t)len)
+      st = ad_fail(AD_ERR_INPUT, "%s: error: tensor '%s' lies outside the file (%lld + %lld > %zu)",
+                   path, t->name, (long long)t->init, (long long)t->bytes, len);
+    else
+      memcpy(w->mem + t->offset, data + t->init, (size_t)t->bytes);
+  }
+  if (read)
+    free(data);
+  free(path);
+  return st;
+}
+
+/* Each data file feeds one tensor with the local batch as axis 0. */
+static ad_status bind_data(worker *w) {
+  AD_TRY(ad_run_data_load(w->plan, &w->opts, &w->arrays, &w->n_samples));
+  w->feeds = ad_xcalloc((size_t)w->opts.n_data + 1, sizeof *w->feeds);
+  for (int i = 0; i < w->opts.n_data; i++) {
+    const ad_plan_tensor *t = ad_plan_tensor_find(w->plan, w->opts.data[i].name);
+    w->feeds[i] = t;
+    if (t->dims[0] != w->local_batch ||
+        t->bytes != w->local_batch * ad_data_row_bytes(&w->arrays[i]))
+      return ad_fail(AD_ERR_INPUT, "%s: error: tensor '%s' holds %lld bytes, not %lld samples "
+                     "of %lld bytes", w->plan->dir, t->name, (long long)t->bytes,
+                     (long long)w->local_batch, (long long)ad_data_row_bytes(&w->arrays[i]));
+  }
+  return AD_OK;
+}
+
+static ad_status setup(worker *w, int argc, char **argv) {
+  AD_TRY(ad_run_opts_parse(argc, argv, &w->opts));
+  AD_TRY(ad_plan_load(w->opts.plan_dir, &w->plan));
+  AD_TRY(check_plan(w));
+  pin_to_core(w);
+  openblas_set_num_threads(1);
+
+  char *module = plan_path(w->plan, w->device->module);
+  ad_status st = ad_jit_create(module, &w->jit);
+  free(module);
+  AD_TRY(st);
+
+  int64_t bytes = (w->plan->mem_bytes + 63) / 64 * 64;
+  w->mem = aligned_alloc(64, (size_t)(bytes ? bytes : 64));
+  AD_ASSERT(w->mem);
+  memset(w->mem, 0, (size_t)bytes);
+  AD_TRY(load_weights(w));
+  AD_TRY(bind_data(w));
+  w->outs = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *w->outs);
+  if (w->rank == 0 && w->opts.metrics) {
+    w->metrics = fopen(w->opts.metrics, "w");
+    if (!w->metrics)
+      return ad_fail(AD_ERR_INPUT, "%s: error: cannot write: %s", w->opts.metrics,
+                     strerror(errno));
+  }
+  const char *tty = getenv("AD_TTY");
+  w->tty = tty ? !strcmp(tty, "1") : isatty(2);
+  return AD_OK;
+}
+
+/* Copies the samples of global batch `step` that this replica reads. */
+static void feed_batch(worker *w, ad_data_order *order, int64_t step, int64_t *rows) {
+  ad_data_replica_rows(order, step, w->plan->global_batch, w->rank, w->plan->replicas, rows);
+  for (int i = 0; i < w->opts.n_data; i++)
+    ad_data_copy_rows(&w->arrays[i], rows, w->local_batch, w->mem + w->feeds[i]->offset);
+}
+
+/* ---- outputs ---- */
+
+/* Gathers `local` (n_batches blocks of one replica's output rows) from every
+ * rank and writes the first n_valid samples, in sample order, to the --out
+ * file. Sample k*B + r*b + i is row i of block k of rank r. An output whose
+ * axis 0 is not the local batch (a per-replica scalar, say) is written as
+ * rank 0 holds it. */
+static ad_status write_output(worker *w, int i, const char *local, int64_t n_batches,
+                              int64_t n_valid) {
+  const ad_plan_tensor *t = ad_plan_tensor_find(w->plan, w->opts.out[i].name);
+  const char *path = w->opts.out[i].path;
+  int64_t b = w->local_batch, B = w->plan->global_batch;
+  bool batched = t->rank >= 1 && t->dims[0] == b;
+  if (!batched) {
+    if (w->rank == 0)
+      return ad_npy_save(path, t->dtype, t->rank, t->dims, local);
+    return AD_OK;
+  }
+  int64_t row = t->bytes / b, block = t->bytes * n_batches;
+  char *all = w->rank == 0 ? ad_xmalloc((size_t)(block * w->size)) : NULL;
+  ad_status st = ad_comm_gather(w->comm, local, block, all);
+  if (st == AD_OK && w->rank == 0) {
+    char *out = ad_xmalloc((size_t)(row * n_valid));
+    for (int r = 0; r < w->size; r++)
+      for (int64_t k = 0; k < n_batches; k++)
+        for (int64_t j = 0; j < b; j++) {
+          int64_t s = k * B + r * b + j;
+          if (s < n_valid)
+            memcpy(out + s * row, all + r * block + (k * b + j) * row, (size_t)row);
+        }
+    int64_t dims[8];
+    memcpy(dims, t->dims, sizeof dims);
+    dims[0] = n_valid;
+    st = ad_npy_save(path, t->dtype, t->rank, dims, out);
+    free(out);
+  }
+  free(all);
+  return st;
+}
+
+static ad_status save_model(worker *w) {
+  if (w->rank != 0 || !w->opts.save)
+    return AD_OK;
+  const ad_plan *p = w->plan;
+  ad_named_tensor *ts = ad_xcalloc((size_t)p->n_tensors + 1, sizeof *ts);
+  int n = 0;
+  for (int i = 0; i < p->n_tensors; i++) {
+    const ad_plan_tensor *t = &p->tensors[i];
+    if (t->role != AD_ROLE_PARAM)
+      continue;
+    ts[n++] = (ad_named_tensor){.name = t->name, .rank = t->rank, .dims = t->dims,
+                                .data = (const float *)(w->mem + t->offset)};
+  }
+  char *base = plan_path(p, "model.onnx");
+  ad_status st = ad_onnx_save(base, w->opts.save, n, ts);
+  free(base);
+  free(ts);
+  return st;
+}
+
+/* ---- the loops ---- */
+
+static void progress(worker *w, int64_t k, int64_t steps, double loss, double rate, bool last) {
+  if (w->rank != 0)
+    return;
+  int64_t every = steps >= 10 ? steps / 10 : 1;
+  if (!w->tty && !last && (k + 1) % every)
+    return;
+  double epoch = (double)(k + 1) * (double)w->plan->global_batch / (double)w->n_samples;
+  fprintf(stderr, "%sstep %lld/%lld  epoch %.2f  loss %.6g  %.0f samples/s%s",
+          w->tty ? "\r" : "", (long long)(k + 1), (long long)steps, epoch, loss, rate,
+          w->tty && !last ? "  " : "\n");
+  fflush(stderr);
+}
+
+static void metrics_line(worker *w, int64_t step, double loss, double rate, double elapsed,
+                         double bytes) {
+  if (!w->metrics)
+    return;
+  char num[64];
+  if (isfinite(loss))
+    snprintf(num, sizeof num, "%.9g", loss);
+  else  /* JSON has no NaN; Python's json reads these */
+    snprintf(num, sizeof num, "%s", isnan(loss) ? "NaN" : loss > 0 ? "Infinity" : "-Infinity");
+  fprintf(w->metrics,
+          "{\"step\": %lld, \"loss\": %s, \"samples_per_sec\": %.1f, \"elapsed_sec\": %.6f, "
+          "\"bytes_sent\": %lld}\n",
+          (long long)step, num, rate, elapsed, (long long)bytes);
+  fflush(w->metrics);
+}
+
+static ad_status train(worker *w) {
+  void *fn;
+  AD_TRY(ad_jit_lookup(w->jit, "ad_step", &fn));
+  step_fn step = (step_fn)fn;
+  const ad_plan *p = w->plan;
+  const ad_plan_tensor *loss_t = NULL;
+  for (int i = 0; i < p->n_tensors; i++)
+    if (p->tensors[i].role == AD_ROLE_LOSS)
+      loss_t = &p->tensors[i];
+
+  int64_t steps = ad_run_steps(p, &w->opts, w->n_samples);
+  ad_data_order order;
+  ad_data_order_init(&order, w->n_samples, w->opts.shuffle, w->opts.seed);
+  int64_t *rows = ad_xmalloc((size_t)w->local_batch * sizeof *rows);
+  ad_status st = AD_OK;
+  double t0 = now_sec(), loss = 0, elapsed = 0;
+  for (int64_t k = 0; k < steps && st == AD_OK; k++) {
+    double ts = now_sec();
+    feed_batch(w, &order, k, rows);
+    step(w->mem, w->comm, k + 1);
+    st = ad_comm_check(w->comm);
+    float local_loss;
+    memcpy(&local_loss, w->mem + loss_t->offset, sizeof local_loss);
+    double sums[2] = {local_loss, (double)ad_comm_take_bytes(w->comm)};
+    if (st == AD_OK)
+      st = ad_comm_sum_f64(w->comm, sums, 2);
+    double te = now_sec();
+    loss = sums[0];
+    elapsed = te - t0;
+    double rate = (double)p->global_batch / (te - ts > 0 ? te - ts : 1e-9);
+    if (st == AD_OK && w->rank == 0) {
+      metrics_line(w, k + 1, loss, rate, elapsed, sums[1]);
+      progress(w, k, steps, loss, rate, k + 1 == steps);
+    }
+  }
+  free(rows);
+  ad_data_order_free(&order);
+  AD_TRY(st);
+  if (w->rank == 0)
+    fprintf(stderr, "autodist: trained %lld steps (%.2f epochs of %lld samples) on %d worker%s in "
+            "%.3f s: %.0f samples/s, final loss %.6g\n", (long long)steps,
+            (double)steps * (double)p->global_batch / (double)w->n_samples,
+            (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", elapsed,
+            (double)steps * (double)p->global_batch / (elapsed > 0 ? elapsed : 1e-9), loss);
+
+  AD_TRY(save_model(w));
+  /* --out after training: the outputs of the last global batch. */
+  for (int i = 0; i < w->opts.n_out; i++) {
+    const ad_plan_tensor *t = ad_plan_tensor_find(p, w->opts.out[i].name);
+    AD_TRY(write_output(w, i, w->mem + t->offset, 1, p->global_batch));
+  }
+  return AD_OK;
+}
+
+/* One pass over the data in order; the last partial global batch is padded by
+ * wrapping around to the first samples, and the padding is dropped. */
+static ad_status infer(worker *w) {
+  void *fn;
+  AD_TRY(ad_jit_lookup(w->jit, "ad_forward", &fn));
+  forward_fn forward = (forward_fn)fn;
+  const ad_plan *p = w->plan;
+  int64_t B = p->global_batch, n_batches = (w->n_samples + B - 1) / B;
+  char **local = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *local);
+  const ad_plan_tensor **ts = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *ts);
+  for (int i = 0; i < w->opts.n_out; i++) {
+    ts[i] = ad_plan_tensor_find(p, w->opts.out[i].name);
+    local[i] = ad_xmalloc((size_t)(ts[i]->bytes * n_batches));
+  }
+  ad_data_order order;
+  ad_data_order_init(&order, w->n_samples, false, 0);
+  int64_t *rows = ad_xmalloc((size_t)w->local_batch * sizeof *rows);
+  double t0 = now_sec();
+  for (int64_t k = 0; k < n_batches; k++) {
+    feed_batch(w, &order, k, rows);
+    forward(w->mem, w->comm);
+    for (int i = 0; i < w->opts.n_out; i++)
+      memcpy(local[i] + k * ts[i]->bytes, w->mem + ts[i]->offset, (size_t)ts[i]->bytes);
+  }
+  double elapsed = now_sec() - t0;
+  free(rows);
+  ad_data_order_free(&order);
+  ad_status st = ad_comm_check(w->comm);
+  for (int i = 0; st == AD_OK && i < w->opts.n_out; i++) {
+    bool batched = ts[i]->rank >= 1 && ts[i]->dims[0] == w->local_batch;
+    /* Unbatched outputs: the last batch's value. */
+    const char *src = batched ? local[i] : local[i] + (n_batches - 1) * ts[i]->bytes;
+    st = write_output(w, i, src, batched ? n_batches : 1, w->n_samples);
+  }
+  for (int i = 0; i < w->opts.n_out; i++)
+    free(local[i]);
+  free(local);
+  free(ts);
+  if (st == AD_OK && w->rank == 0)
+    fprintf(stderr, "autodist: inferred %lld samples on %d worker%s in %.3f s: %.0f samples/s\n",
+            (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", elapsed,
+            (double)w->n_samples / (elapsed > 0 ? elapsed : 1e-9));
+  return st;
+}
+
+static void worker_free(worker *w) {
+  if (w->metrics)
+    fclose(w->metrics);
+  if (w->arrays) {
+    for (int i = 0; i < w->opts.n_data; i++)
+      ad_npy_free(&w->arrays[i]);
+    free(w->arrays);
+  }
+  free(w->feeds);
+  free(w->outs);
+  free(w->mem);
+  ad_jit_destroy(w->jit);
+  if (w->plan)
+    ad_plan_free(w->plan);
+  ad_run_opts_free(&w->opts);
+  ad_comm_destroy(w->comm);
+}
+
+ad_status ad_cmd_worker(int argc, char **argv) {
+  worker w = {0};
+  ad_status st = ad_comm_create_mpi(&w.comm);
+  if (st != AD_OK)
+    return st;
+  w.rank = ad_comm_rank(w.comm);
+  w.size = ad_comm_size(w.comm);
+  char host[256] = "localhost", line[512];
+  gethostname(host, sizeof host - 1);
+  snprintf(line, sizeof line, "%d %s\n", (int)getpid(), host);
+  write_status_file(w.rank, "pid", line);
+
+  st = setup(&w, argc, argv);
+  if (st == AD_OK)
+    st = w.plan->training ? train(&w) : infer(&w);
+  if (st == AD_OK)
+    st = ad_comm_finalize(w.comm);
+  if (st == AD_OK) {
+    write_status_file(w.rank, "done", "");
+  } else {
+    const char *dir = getenv("AD_RUN_DIR");
+    write_status_file(w.rank, "err", ad_error_message());
+    /* The launcher prints the message; main() printing it too would show it
+     * twice (once per failing rank). */
+    if (dir && *dir) {
+      fflush(stderr);
+      int fd = open("/dev/null", O_WRONLY);
+      if (fd >= 0) {
+        dup2(fd, 2);
+        close(fd);
+      }
+    }
+  }
+  worker_free(&w);
+  return st;
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""tests/ref/models.py: the PyTorch models the reference tests, the examples and
+the benchmark train, and their ONNX export.
+
+Each model is built with a fixed seed, so its ONNX export (the initial weights
+autodist starts from) is reproducible, and the reference trainer can rebuild
+the same nn.Module and load the weights back from the ONNX initializers by
+name (export keeps state_dict names such as fc1.weight).
+
+Exports are restricted to the op set autodist supports (OPS below); export()
+prints the op types it produced and fails on anything else, so a PyTorch
+upgrade that changes the exported graph is caught here, not inside autodist.
+
+    /usr/bin/python3 tests/ref/models.py OUT_DIR [NAME...]   # export models
+"""
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# The ONNX ops autodist compiles (docs/ops.md); an export may use no others.
+OPS = frozenset("""Gemm MatMul Add Sub Mul Div Relu Sigmoid Tanh Softmax LogSoftmax Conv MaxPool
+AveragePool GlobalAveragePool Flatten Reshape Transpose Pad Constant Identity Dropout""".split())
+
+OPSET = 13
+SEED = 0
+
+
+class MLP(nn.Module):
+  """Linear layers with an activation between them (no activation after the
+  last): MLP([784, 512, 512, 10]) is the benchmark MLP."""
+
+  def __init__(self, sizes, act="relu"):
+    super().__init__()
+    self.sizes = list(sizes)
+    self.act = act
+    for i in range(len(sizes) - 1):
+      setattr(self, "fc%d" % (i + 1), nn.Linear(sizes[i], sizes[i + 1]))
+
+  def forward(self, x):
+    n = len(self.sizes) - 1
+    for i in range(n):
+      x = getattr(self, "fc%d" % (i + 1))(x)
+      if i < n - 1:
+        x = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[self.act](x)
+    return x
+
+
+class CNN(nn.Module):
+  """PyTorch's MNIST example shape: conv 3x3, relu, maxpool 2, conv 3x3, relu,
+  maxpool 2, flatten, fc, relu, fc. CNN(28, 32, 64, 128) is the benchmark CNN
+  (28 -> 26 -> 13 -> 11 -> 5: 64*5*5 = 1600 features)."""
+
+  def __init__(self, side, c1, c2, hidden, classes=10):
+    super().__init__()
+    self.side = side
+    s = ((side - 2) // 2 - 2) // 2
+    self.conv1 = nn.Conv2d(1, c1, 3, 1)
+    self.conv2 = nn.Conv2d(c1, c2, 3, 1)
+    self.fc1 = nn.Linear(c2 * s * s, hidden)
+    self.fc2 = nn.Linear(hidden, classes)
+
+  def forward(self, x):
+    x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+    x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+    x = torch.flatten(x, 1)
+    x = F.relu(self.fc1(x))
+    return self.fc2(x)
+
+
+# name -> (constructor, shape of one sample, kind of output)
+# "classes": logits for cross_entropy over 10 classes; "regress": 3 floats for mse.
+MODELS = {
+    "mlp": (lambda: MLP([784, 512, 512, 10]), (784,), "classes"),
+    "cnn": (lambda: CNN(28, 32, 64, 128), (1, 28, 28), "classes"),
+    "mlp_small": (lambda: MLP([64, 32, 10]), (64,), "classes"),
+    # 12 -> 10 -> 5 -> 3 -> 1: both pools drop a row and a column (floor).
+    "cnn_small": (lambda: CNN(12, 4, 8, 16), (1, 12, 12), "classes"),
+    "mlp_mse": (lambda: MLP([16, 32, 3], act="tanh"), (16,), "regress"),
+    # examples/digits: sklearn digits are 8x8 = 64 features, 10 classes.
+    "digits_mlp": (lambda: MLP([64, 128, 64, 10]), (64,), "classes"),
+}
+
+
+def build(name, seed=SEED):
+  """The model `name` with its seeded initial weights, in float32, eval mode
+  (the models have no dropout or batch norm, so the mode changes nothing)."""
+  ctor = MODELS[name][0]
+  torch.manual_seed(seed)
+  m = ctor().float()
+  m.eval()
+  return m
+
+
+def sample_shape(name):
+  return MODELS[name][1]
+
+
+def outputs(name):
+  """Width of the model's output: 10 logits, or 3 regression targets."""
+  return 10 if MODELS[name][2] == "classes" else 3
+
+
+def onnx_op_types(path_or_model):
+  import onnx
+  m = onnx.load(path_or_model) if isinstance(path_or_model, str) else path_or_model
+  return [n.op_type for n in m.graph.node]
+
+
+def export_module(module, sample_shape_, path, opset=OPSET):
+  """Exports `module` to `path`: input "input" and output "logits" with a
+  dynamic first axis "batch", parameters as initializers, constants folded.
+  Returns the list of op types; raises if one is outside OPS."""
+  x = torch.zeros((2,) + tuple(sample_shape_), dtype=torch.float32)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  torch.onnx.export(module, (x,), path, export_params=True, opset_version=opset,
+                    do_constant_folding=True, input_names=["input"], output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+  ops = onnx_op_types(path)
+  bad = sorted(set(ops) - OPS)
+  if bad:
+    raise RuntimeError("%s: export uses ops outside autodist's set: %s" % (path, ", ".join(bad)))
+  return ops
+
+
+def export(name, path, seed=SEED, opset=OPSET):
+  """Builds model `name` (seeded) and exports it; returns (module, op types)."""
+  m = build(name, seed)
+  return m, export_module(m, sample_shape(name), path, opset)
+
+
+def main(argv):
+  if len(argv) < 2:
+    print(__doc__.strip().splitlines()[-1].strip())
+    return 2
+  out = argv[1]
+  names = argv[2:] or list(MODELS)
+  for n in names:
+    path = os.path.join(out, n + ".onnx")
+    _, ops = export(n, path)
+    print("%s: %s" % (path, " ".join(ops)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

@@ -1,0 +1,402 @@
+/*
+ * tests/unit/test_plan.c: plan.yaml write -> load round trip, the exact layout
+ * documented in docs/plan-format.md, and the loader's refusals (tampered file,
+ * other format or version, tensors outside the arena, paths leaving the plan).
+ *
+ * File hashes are compared with sha256sum's output for the same bytes
+ * (computed outside the project), and the round-tripped manifest must also load
+ * with PyYAML-compatible meaning (quoted names stay strings).
+ */
+#include "runtime/plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int failures;
+
+#define CHECK(c)                                                                                   \
+  do {                                                                                             \
+    if (!(c)) {                                                                                    \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                        \
+      failures++;                                                                                  \
+    }                                                                                              \
+  } while (0)
+
+#define CHECK_STR(a, b)                                                                            \
+  do {                                                                                             \
+    const char *a_ = (a), *b_ = (b);                                                               \
+    if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                       \
+      fprintf(stderr, "%s:%d: got '%s', want '%s'\n", __FILE__, __LINE__, a_ ? a_ : "(null)",      \
+              b_ ? b_ : "(null)");                                                                 \
+      failures++;                                                                                  \
+    }                                                                                              \
+  } while (0)
+
+/* sha256sum of the bytes written below. */
+#define SHA_DEV0 "f97480fc9ff014172828fd38ce092d12047d25ae7a743b8fffdb0f4c918a5d66"
+#define SHA_DEV1 "8a244db732729ce0757e2d5d1b31ceea6cf87af620356c89cd90ab3e9e223902"
+#define SHA_ONNX "7e89398aeeeba2389c659c9eee508c74b99efe3bed7bd8e30ea63284bd0a83a1"
+#define SHA_WEIGHTS "06d1bf4aae75e801329467c4241c5b8e13ab47963b8cc6c3a9cc08e51184afa5"
+#define MODEL_SHA "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+static char dir[256];
+
+static void put(const char *name, const void *data, size_t len) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  FILE *f = fopen(p, "wb");
+  CHECK(f && fwrite(data, 1, len, f) == len);
+  if (f)
+    fclose(f);
+}
+
+static char *slurp(const char *name) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  FILE *f = fopen(p, "rb");
+  if (!f)
+    return NULL;
+  static char buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  return buf;
+}
+
+static ad_plan_device devices[] = {
+    {0, "localhost", "cpu", 0, "device0.bc"},
+    {1, "localhost", "cpu", 1, "device1.bc"},
+};
+static ad_plan_tensor tensors[] = {
+    {"fc.weight", AD_ROLE_PARAM, "float32", 2, {2, 4}, 0, 0, 32},
+    {"fc.bias", AD_ROLE_PARAM, "float32", 1, {4}, 32, 32, 16},
+    {"x", AD_ROLE_INPUT, "float32", 2, {8, 2}, 48, -1, 64},
+    {"label", AD_ROLE_LABEL, "int64", 1, {8}, 112, -1, 64},
+    {"loss", AD_ROLE_LOSS, "float32", 0, {0}, 176, -1, 4},
+    {"fc.weight.grad", AD_ROLE_GRAD, "float32", 2, {2, 4}, 192, -1, 32},
+    {"we\"ird\\1", AD_ROLE_STATE, "float32", 1, {4}, 224, -1, 16},
+    {"yes", AD_ROLE_OUTPUT, "float32", 2, {8, 4}, 256, -1, 128},
+};
+static ad_plan_bucket buckets[] = {{192, 32}};
+static ad_plan_file files[] = {
+    {"device0.bc", ""}, {"device1.bc", ""}, {"weights.bin", ""}, {"model.onnx", ""}};
+
+static ad_plan sample_plan(void) {
+  ad_plan p = {0};
+  p.format = 1;
+  p.autodist_version = AD_VERSION;
+  p.model_sha256 = MODEL_SHA;
+  p.strategy = "allreduce";
+  p.training = true;
+  p.global_batch = 16;
+  p.replicas = 2;
+  p.mem_bytes = 384;
+  p.loss_kind = "cross_entropy";
+  p.n_devices = 2;
+  p.devices = devices;
+  p.n_tensors = (int)(sizeof tensors / sizeof *tensors);
+  p.tensors = tensors;
+  p.n_buckets = 1;
+  p.buckets = buckets;
+  p.n_files = 4;
+  p.files = files;
+  return p;
+}
+
+static const char *golden =
+    "# autodist plan (docs/plan-format.md), written by `autodist compile`.\n"
+    "# Every file below is hash-checked by `autodist run`: recompile, do not edit.\n"
+    "format: 1\n"
+    "autodist_version: \"" AD_VERSION "\"\n"
+    "model_sha256: \"" MODEL_SHA "\"\n"
+    "strategy: \"allreduce\"\n"
+    "training: true\n"
+    "global_batch: 16\n"
+    "replicas: 2\n"
+    "mem_bytes: 384\n"
+    "loss: \"cross_entropy\"\n"
+    "devices:\n"
+    "  - {rank: 0, node: \"localhost\", type: \"cpu\", id: 0, module: \"device0.bc\"}\n"
+    "  - {rank: 1, node: \"localhost\", type: \"cpu\", id: 1, module: \"device1.bc\"}\n"
+    "tensors:\n"
+    "  - {name: \"fc.weight\", role: param, dtype: \"float32\", dims: [2, 4], offset: 0, init: 0, "
+    "bytes: 32}\n"
+    "  - {name: \"fc.bias\", role: param, dtype: \"float32\", dims: [4], offset: 32, init: 32, "
+    "bytes: 16}\n"
+    "  - {name: \"x\", role: input, dtype: \"float32\", dims: [8, 2], offset: 48, init: -1, "
+    "bytes: 64}\n"
+    "  - {name: \"label\", role: label, dtype: \"int64\", dims: [8], offset: 112, init: -1, "
+    "bytes: 64}\n"
+    "  - {name: \"loss\", role: loss, dtype: \"float32\", dims: [], offset: 176, init: -1, "
+    "bytes: 4}\n"
+    "  - {name: \"fc.weight.grad\", role: grad, dtype: \"float32\", dims: [2, 4], offset: 192, "
+    "init: -1, bytes: 32}\n"
+    "  - {name: \"we\\\"ird\\\\1\", role: state, dtype: \"float32\", dims: [4], offset: 224, "
+    "init: -1, bytes: 16}\n"
+    "  - {name: \"yes\", role: output, dtype: \"float32\", dims: [8, 4], offset: 256, init: -1, "
+    "bytes: 128}\n"
+    "buckets:\n"
+    "  - {offset: 192, bytes: 32}\n"
+    "files:\n"
+    "  - {path: \"device0.bc\", sha256: \"" SHA_DEV0 "\"}\n"
+    "  - {path: \"device1.bc\", sha256: \"" SHA_DEV1 "\"}\n"
+    "  - {path: \"weights.bin\", sha256: \"" SHA_WEIGHTS "\"}\n"
+    "  - {path: \"model.onnx\", sha256: \"" SHA_ONNX "\"}\n";
+
+static void write_sample_files(void) {
+  put("device0.bc", "BC-device-0\n", 12);
+  put("device1.bc", "BC-device-1\n", 12);
+  put("model.onnx", "onnx\n", 5);
+  float w[12];
+  for (int i = 0; i < 12; i++)
+    w[i] = (float)i * 0.5f;
+  put("weights.bin", w, sizeof w);
+}
+
+static void test_round_trip(void) {
+  write_sample_files();
+  ad_plan p = sample_plan();
+  if (ad_plan_write(&p, dir) != AD_OK) {
+    fprintf(stderr, "write: %s\n", ad_error_message());
+    failures++;
+    return;
+  }
+  CHECK_STR(slurp("plan.yaml"), golden);
+  ad_plan *q = NULL;
+  if (ad_plan_load(dir, &q) != AD_OK) {
+    fprintf(stderr, "load: %s\n", ad_error_message());
+    failures++;
+    return;
+  }
+  CHECK(q->format == 1);
+  CHECK_STR(q->autodist_version, AD_VERSION);
+  CHECK_STR(q->model_sha256, MODEL_SHA);
+  CHECK_STR(q->strategy, "allreduce");
+  CHECK(q->training && q->global_batch == 16 && q->replicas == 2 && q->mem_bytes == 384);
+  CHECK_STR(q->loss_kind, "cross_entropy");
+  CHECK_STR(q->dir, dir);
+  CHECK(q->n_devices == p.n_devices);
+  for (int i = 0; i < q->n_devices && i < p.n_devices; i++) {
+    CHECK(q->devices[i].rank == p.devices[i].rank && q->devices[i].id == p.devices[i].id);
+    CHECK_STR(q->devices[i].node, p.devices[i].node);
+    CHECK_STR(q->devices[i].type, p.devices[i].type);
+    CHECK_STR(q->devices[i].module, p.devices[i].module);
+  }
+  CHECK(q->n_tensors == p.n_tensors);
+  for (int i = 0; i < q->n_tensors && i < p.n_tensors; i++) {
+    const ad_plan_tensor *a = &q->tensors[i], *b = &p.tensors[i];
+    CHECK_STR(a->name, b->name);
+    CHECK_STR(a->dtype, b->dtype);
+    CHECK(a->role == b->role && a->rank == b->rank && a->offset == b->offset &&
+          a->init == b->init && a->bytes == b->bytes);
+    for (int j = 0; j < a->rank; j++)
+      CHECK(a->dims[j] == b->dims[j]);
+  }
+  CHECK(q->n_buckets == 1 && q->buckets[0].offset == 192 && q->buckets[0].bytes == 32);
+  CHECK(q->n_files == 4);
+  static const char *const sha[] = {SHA_DEV0, SHA_DEV1, SHA_WEIGHTS, SHA_ONNX};
+  for (int i = 0; i < q->n_files && i < 4; i++) {
+    CHECK_STR(q->files[i].path, p.files[i].path);
+    CHECK_STR(q->files[i].sha256, sha[i]);
+  }
+  CHECK(ad_plan_tensor_find(q, "fc.bias") == &q->tensors[1]);
+  CHECK(ad_plan_tensor_find(q, "nope") == NULL);
+  CHECK_STR(ad_role_name(AD_ROLE_GRAD), "grad");
+
+  /* A plan is relocatable: the same manifest loads from another folder. */
+  char moved[300];
+  snprintf(moved, sizeof moved, "%s.moved", dir);
+  CHECK(rename(dir, moved) == 0);
+  ad_plan *r = NULL;
+  CHECK(ad_plan_load(moved, &r) == AD_OK);
+  ad_plan_free(r);
+  CHECK(rename(moved, dir) == 0);
+  ad_plan_free(q);
+}
+
+/* Rewrites plan.yaml with one substring replaced, then expects `want`. */
+static void expect_edit_error(const char *from, const char *to, const char *want) {
+  char *text = slurp("plan.yaml");
+  char *at = text ? strstr(golden, from) : NULL;
+  if (!at) {
+    fprintf(stderr, "test bug: '%s' not in the golden manifest\n", from);
+    failures++;
+    return;
+  }
+  char edited[1 << 15];
+  snprintf(edited, sizeof edited, "%.*s%s%s", (int)(at - golden), golden, to, at + strlen(from));
+  put("plan.yaml", edited, strlen(edited));
+  ad_plan *q = NULL;
+  if (ad_plan_load(dir, &q) != AD_ERR_INPUT) {
+    fprintf(stderr, "loaded, want error '%s' (edit '%s' -> '%s')\n", want, from, to);
+    failures++;
+    ad_plan_free(q);
+  } else {
+    char full[1024];
+    snprintf(full, sizeof full, want, dir);
+    CHECK_STR(ad_error_message(), full);
+  }
+  put("plan.yaml", golden, strlen(golden));
+}
+
+static void test_refusals(void) {
+  /* Tampered bitcode: the hash check names the file. */
+  put("device1.bc", "BC-device-X\n", 12);
+  ad_plan *q = NULL;
+  CHECK(ad_plan_load(dir, &q) == AD_ERR_INPUT);
+  char want[1024];
+  snprintf(want, sizeof want,
+           "%s/device1.bc: error: hash mismatch, the plan was modified after compile; "
+           "recompile it",
+           dir);
+  CHECK_STR(ad_error_message(), want);
+  put("device1.bc", "BC-device-1\n", 12);
+  CHECK(ad_plan_load(dir, &q) == AD_OK);
+  ad_plan_free(q);
+
+  /* A missing file. */
+  char p[512];
+  snprintf(p, sizeof p, "%s/model.onnx", dir);
+  unlink(p);
+  CHECK(ad_plan_load(dir, &q) == AD_ERR_INPUT);
+  snprintf(want, sizeof want, "%s/model.onnx: error: cannot open: No such file or directory", dir);
+  CHECK_STR(ad_error_message(), want);
+  put("model.onnx", "onnx\n", 5);
+
+  /* Another autodist wrote it. */
+  ad_plan old = sample_plan();
+  old.autodist_version = "0.0.9";
+  CHECK(ad_plan_write(&old, dir) == AD_OK);
+  CHECK(ad_plan_load(dir, &q) == AD_ERR_INPUT);
+  snprintf(want, sizeof want,
+           "%s/plan.yaml:4:19: error: plan compiled by autodist 0.0.9, this is autodist " AD_VERSION
+           "; recompile it",
+           dir);
+  CHECK_STR(ad_error_message(), want);
+  put("plan.yaml", golden, strlen(golden));
+
+  expect_edit_error("format: 1", "format: 2",
+                    "%s/plan.yaml:3:9: error: plan format 2 is not supported (this autodist reads "
+                    "format 1); recompile the plan");
+  expect_edit_error("mem_bytes: 384", "mem_bytes: 300",
+                    "%s/plan.yaml:23:5: error: tensor 'yes' (offset 256, 128 bytes) ends past "
+                    "mem_bytes 300");
+  expect_edit_error("role: state", "role: stat",
+                    "%s/plan.yaml:22:32: error: unknown tensor role 'stat'");
+  expect_edit_error("dtype: \"int64\"", "dtype: \"int65\"",
+                    "%s/plan.yaml:19:41: error: unknown dtype 'int65'");
+  expect_edit_error("dims: [8], offset: 112, init: -1, bytes: 64",
+                    "dims: [8], offset: 112, init: -1, bytes: 60",
+                    "%s/plan.yaml:19:91: error: tensor 'label' has 60 bytes, too few for its dims "
+                    "and dtype");
+  expect_edit_error("offset: 32, init: 32, bytes: 16", "offset: 32, init: -1, bytes: 16",
+                    "%s/plan.yaml:17:83: error: 'init' must be between 0 and 1125899906842624, "
+                    "got -1");
+  expect_edit_error("offset: 32, init: 32, bytes: 16", "offset: 32, init: 40, bytes: 16",
+                    "%s/plan.yaml: error: tensor 'fc.bias' (init 40, 16 bytes) ends past the end "
+                    "of weights.bin (48 bytes)");
+  expect_edit_error("module: \"device1.bc\"", "module: \"device2.bc\"",
+                    "%s/plan.yaml:14:62: error: module 'device2.bc' is not listed under 'files'");
+  expect_edit_error("rank: 1,", "rank: 0,",
+                    "%s/plan.yaml:14:12: error: 'rank' must be between 1 and 1, got 0");
+  expect_edit_error("path: \"model.onnx\"", "path: \"../model.onnx\"",
+                    "%s/plan.yaml:30:12: error: '../model.onnx' is not a path inside the plan "
+                    "folder");
+  expect_edit_error("path: \"model.onnx\"", "path: \"/etc/passwd\"",
+                    "%s/plan.yaml:30:12: error: '/etc/passwd' is not a path inside the plan "
+                    "folder");
+  expect_edit_error("replicas: 2", "replicas: 3",
+                    "%s/plan.yaml:9:11: error: 'replicas' is 3 but the plan lists 2 devices");
+  expect_edit_error("{offset: 192, bytes: 32}", "{offset: 380, bytes: 32}",
+                    "%s/plan.yaml:25:5: error: bucket (offset 380, 32 bytes) ends past mem_bytes "
+                    "384");
+  expect_edit_error("training: true", "training: true\nepochs: 3",
+                    "%s/plan.yaml:8:1: error: unknown key 'epochs' (expected one of: format, "
+                    "autodist_version, model_sha256, strategy, training, global_batch, replicas, "
+                    "mem_bytes, loss, devices, tensors, buckets, files)");
+  expect_edit_error("model_sha256: \"0011", "model_sha256: \"0X11",
+                    "%s/plan.yaml:5:15: error: 'model_sha256' must be 64 lowercase hex digits");
+  expect_edit_error("name: \"x\", role: input", "name: \"loss\", role: loss",
+                    "%s/plan.yaml:20:5: error: tensor 'loss' is listed twice as loss");
+  expect_edit_error("global_batch: 16\n", "",
+                    "%s/plan.yaml:3:1: error: missing required key 'global_batch'");
+
+  /* The same name under two roles (a model output named "loss" is also the loss). */
+  ad_plan same = sample_plan();
+  ad_plan_tensor ts[sizeof tensors / sizeof *tensors];
+  memcpy(ts, tensors, sizeof ts);
+  ts[7].name = "loss";
+  same.tensors = ts;
+  CHECK(ad_plan_write(&same, dir) == AD_OK);
+  q = NULL;
+  CHECK(ad_plan_load(dir, &q) == AD_OK);
+  if (q) {
+    CHECK(ad_plan_tensor_find(q, "loss") == &q->tensors[4]);
+    ad_plan_free(q);
+  }
+
+  /* An inference plan: no loss kind is written as "" and read back as "". */
+  ad_plan inf = sample_plan();
+  inf.training = false;
+  inf.loss_kind = NULL;
+  CHECK(ad_plan_write(&inf, dir) == AD_OK);
+  q = NULL;
+  CHECK(ad_plan_load(dir, &q) == AD_OK);
+  if (q) {
+    CHECK(!q->training);
+    CHECK_STR(q->loss_kind, "");
+    ad_plan_free(q);
+  }
+  put("plan.yaml", golden, strlen(golden));
+
+  /* No plan at all. */
+  CHECK(ad_plan_load("/nonexistent-plan", &q) == AD_ERR_INPUT);
+  CHECK_STR(ad_error_message(),
+            "/nonexistent-plan/plan.yaml: error: cannot open: No such file or directory");
+
+  /* The writer refuses a file path outside the plan and a missing file. */
+  ad_plan bad = sample_plan();
+  ad_plan_file outside[] = {{"../x.bc", ""}};
+  bad.files = outside;
+  bad.n_files = 1;
+  CHECK(ad_plan_write(&bad, dir) == AD_ERR_INPUT);
+  snprintf(want, sizeof want,
+           "%s: error: plan file '../x.bc' must be a path inside the plan folder", dir);
+  CHECK_STR(ad_error_message(), want);
+  ad_plan_file missing[] = {{"device9.bc", ""}};
+  bad.files = missing;
+  CHECK(ad_plan_write(&bad, dir) == AD_ERR_INPUT);
+  snprintf(want, sizeof want, "%s/device9.bc: error: cannot open: No such file or directory", dir);
+  CHECK_STR(ad_error_message(), want);
+  CHECK_STR(slurp("plan.yaml"), golden); /* a failed write leaves the old manifest */
+}
+
+static void cleanup(void) {
+  static const char *const names[] = {"plan.yaml", "device0.bc", "device1.bc", "weights.bin",
+                                      "model.onnx"};
+  char p[512];
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+    unlink(p);
+  }
+  rmdir(dir);
+}
+
+int main(void) {
+  snprintf(dir, sizeof dir, "/tmp/ad_test_plan_XXXXXX");
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  test_round_trip();
+  test_refusals();
+  cleanup();
+  if (failures)
+    fprintf(stderr, "test_plan: %d failure(s)\n", failures);
+  else
+    printf("test_plan: ok\n");
+  return failures != 0;
+}
