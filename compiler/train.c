@@ -61,8 +61,8 @@ static ad_status find_output(ad_graph *g, const ad_train_config *cfg, ad_value *
     for (int i = 0; i < g->outputs.len; i++)
       snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
                g->outputs.data[i]->name);
-    return ad_fail(AD_ERR_INPUT, "%s:%d: error: output '%s' is not an output of %s (outputs: %s)",
-                   cfg->path, cfg->line_output, cfg->output, g->source, names);
+    return ad_fail(AD_ERR_INPUT, "%s:%d:%d: error: output '%s' is not an output of %s (outputs: %s)",
+                   cfg->path, cfg->line_output, cfg->col_output, cfg->output, g->source, names);
   }
   if (g->outputs.len != 1)
     return ad_fail(AD_ERR_INPUT,
@@ -85,8 +85,8 @@ static ad_status build_loss(ad_program *p, const ad_train_config *cfg, ad_value 
   }
   const char *label = cfg->label ? cfg->label : "label";
   if (ad_graph_find(g, label))
-    return ad_fail(AD_ERR_INPUT, "%s:%d: error: label '%s' is already a value of %s; choose another name",
-                   cfg->path, cfg->line_label, label, g->source);
+    return ad_fail(AD_ERR_INPUT, "%s:%d:%d: error: label '%s' is already a value of %s; choose another name",
+                   cfg->path, cfg->line_label, cfg->col_label, label, g->source);
   if (y->dtype != AD_F32 || y->rank < 1)
     return ad_fail(AD_ERR_INPUT, "%s: error: the loss needs a float32 output with a batch dimension; '%s' is %s %s",
                    cfg->path, y->name, ad_dtype_name(y->dtype), ad_shape_str(y->rank, y->dims));

@@ -141,13 +141,15 @@ static ad_status parse_config(const ad_yaml_doc *d, ad_train_config *c) {
   if ((v = ad_yaml_get(root, "output"))) {
     AD_TRY(ad_yaml_string(d, v, "output", &s));
     c->output = ad_xstrdup(s);
-    c->line_output = ad_yaml_get_key(root, "output")->line;
+    c->line_output = v->line;
+    c->col_output = v->col;
   }
   if ((v = ad_yaml_get(root, "label"))) {
     AD_TRY(ad_yaml_string(d, v, "label", &s));
     free(c->label);
     c->label = ad_xstrdup(s);
-    c->line_label = ad_yaml_get_key(root, "label")->line;
+    c->line_label = v->line;
+    c->col_label = v->col;
   }
   if ((v = ad_yaml_get(root, "batch_size"))) {
     if (!ad_yaml_scalar_int(v, &c->batch_size))

@@ -29,7 +29,8 @@ typedef struct ad_train_config {
   double beta1, beta2, eps;/* adam/adamw; defaults 0.9, 0.999, 1e-8 */
   int n_frozen;
   char **frozen;
-  int line_output, line_label; /* where output/label were given (0: defaulted) */
+  int line_output, line_label; /* where the output/label values were given (0: defaulted) */
+  int col_output, col_label;
 } ad_train_config;
 
 ad_status ad_train_config_parse(const char *path, ad_train_config **out);
