@@ -460,6 +460,13 @@ static void reduce_inner(ad_cg *cg, nest *ns, void *ctx) {
   LLVMBuildStore(cg->b, LLVMBuildFAdd(cg->b, acc, x, ""), oa);
 }
 
+/* Inner axis reduced and contiguous: one kernel call per output element. */
+static void reduce_row_inner(ad_cg *cg, nest *ns, void *ctx) {
+  int64_t *row = ctx;
+  LLVMValueRef ptrs[2] = {nest_addr(cg, ns, 1), nest_addr(cg, ns, 0)};
+  ad_cg_call_kernel(cg, "ad_k_sum_row", row, 1, ptrs, 2);
+}
+
 static void emit_reduce(ad_cg *cg, const ad_node *n) {
   ad_value *x = n->in[0], *y = n->out[0];
   LLVMValueRef saved_mem;
@@ -475,6 +482,15 @@ static void emit_reduce(ad_cg *cg, const ad_node *n) {
   nest_add(&ns, yp, st);
   broadcast_strides(x, x->rank, x->dims, st);
   nest_add(&ns, ad_cg_ptr(cg, x), st);
+  nest_collapse(&ns);
+  int64_t row = 0;
+  int last = ns.rank - 1;
+  if (last >= 0 && ns.stride[0][last] == 0 && ns.stride[1][last] == 1 && ns.dims[last] >= 16) {
+    row = ns.dims[last];
+    ns.rank--;
+    ns.inner = reduce_row_inner;
+    ns.ctx = &row;
+  }
   nest_emit(cg, &ns);
   end_func(cg, saved_mem, saved_bb);
 }

@@ -1,9 +1,11 @@
 /*
  * compiler/infer.c: `autodist infer MODEL.onnx --data NAME=FILE.npy...
  * --out NAME=FILE.npy...`: single-device inference without a plan folder. The
- * model is compiled for a chunk of the data (at most 256 samples), JIT-compiled
- * in this process and run chunk by chunk; the last chunk is padded by
- * repeating its last row and the padding is dropped from the outputs.
+ * model is compiled for a chunk of the data (at most 256 samples along the
+ * batch axis, the symbolic dim 0 of its inputs), JIT-compiled in this process
+ * and run chunk by chunk; the last chunk is padded by repeating its last row
+ * and the padding is dropped. A model without a batch axis runs once on data
+ * of exactly its declared shapes.
  */
 #include "../cli/commands.h"
 #include "../runtime/jit.h"
@@ -66,47 +68,67 @@ ad_status ad_cmd_infer(int argc, char **argv) {
 
   ad_npy arrays[MAX_IO];
   memset(arrays, 0, sizeof arrays);
-  int64_t N = -1;
-  for (int i = 0; i < n_data && st == AD_OK; i++) {
+  for (int i = 0; i < n_data && st == AD_OK; i++)
     st = ad_npy_load(data[i].file, &arrays[i]);
-    if (st == AD_OK && arrays[i].rank < 1)
-      st = ad_fail(AD_ERR_INPUT, "%s: error: needs a batch dimension, got a scalar", data[i].file);
-    if (st == AD_OK && N >= 0 && arrays[i].dims[0] != N)
-      st = ad_fail(AD_ERR_INPUT, "%s: error: has %lld samples but %s has %lld", data[i].file,
-                   (long long)arrays[i].dims[0], data[0].file, (long long)N);
-    if (st == AD_OK)
-      N = arrays[i].dims[0];
-  }
-  if (st == AD_OK && N == 0)
-    st = ad_fail(AD_ERR_INPUT, "%s: error: has no samples", data[0].file);
 
-  int64_t chunk = N > 256 ? 256 : N;
+  /* Which inputs have a batch axis (a symbolic dim 0) decides how the data is
+   * split: a first load at batch 1 tells, then the model is loaded again for
+   * the chunk size. Inputs without a batch axis must match exactly. */
   ad_graph *g = NULL;
   ad_program *p = NULL;
   ad_jit *jit = NULL;
   char *mem = NULL;
   ad_value *in_vals[MAX_IO] = {0}, *out_vals[MAX_IO] = {0};
   void **out_data = ad_xcalloc(MAX_IO, sizeof(void *));
+  int64_t N = 1, chunk = 1;
   if (st == AD_OK)
-    st = ad_onnx_load(model, chunk, &g);
-  /* Bind names. */
+    st = ad_onnx_load(model, 1, &g);
   for (int i = 0; i < n_data && st == AD_OK; i++) {
     for (int k = 0; k < g->inputs.len; k++)
       if (!strcmp(g->inputs.data[k]->name, data[i].name))
         in_vals[i] = g->inputs.data[k];
-    ad_value *v = in_vals[i];
-    if (!v) {
+    if (!in_vals[i])
       st = ad_fail(AD_ERR_INPUT, "error: --data %s: %s has no input named '%s'", data[i].name,
                    model, data[i].name);
-      break;
+  }
+  int first_batched = -1;
+  for (int i = 0; i < n_data && st == AD_OK; i++) {
+    if (!in_vals[i]->batched)
+      continue;
+    if (arrays[i].rank < 1)
+      st = ad_fail(AD_ERR_INPUT, "%s: error: input '%s' needs a batch axis, got a scalar",
+                   data[i].file, data[i].name);
+    else if (first_batched >= 0 && arrays[i].dims[0] != N)
+      st = ad_fail(AD_ERR_INPUT, "%s: error: has %lld samples but %s has %lld", data[i].file,
+                   (long long)arrays[i].dims[0], data[first_batched].file, (long long)N);
+    else if (arrays[i].dims[0] == 0)
+      st = ad_fail(AD_ERR_INPUT, "%s: error: has no samples", data[i].file);
+    else if (first_batched < 0) {
+      first_batched = i;
+      N = arrays[i].dims[0];
     }
+  }
+  if (st == AD_OK && first_batched >= 0) {
+    chunk = N > 256 ? 256 : N;
+    ad_graph_destroy(g);
+    g = NULL;
+    memset(in_vals, 0, sizeof in_vals);
+    st = ad_onnx_load(model, chunk, &g);
+    for (int i = 0; i < n_data && st == AD_OK; i++)
+      for (int k = 0; k < g->inputs.len; k++)
+        if (!strcmp(g->inputs.data[k]->name, data[i].name))
+          in_vals[i] = g->inputs.data[k];
+  }
+  for (int i = 0; i < n_data && st == AD_OK; i++) {
+    ad_value *v = in_vals[i];
     int ok = arrays[i].rank == v->rank && !strcmp(arrays[i].dtype, ad_dtype_name(v->dtype));
-    for (int d = 1; ok && d < v->rank; d++)
+    for (int d = v->batched ? 1 : 0; ok && d < v->rank; d++)
       ok = arrays[i].dims[d] == v->dims[d];
     if (!ok) {
       int64_t want[AD_MAX_RANK];
       memcpy(want, v->dims, sizeof want);
-      want[0] = N;
+      if (v->batched)
+        want[0] = N;
       st = ad_fail(AD_ERR_INPUT, "%s: error: %s %s does not fit input '%s' (%s %s)",
                    data[i].file, arrays[i].dtype, ad_shape_str(arrays[i].rank, arrays[i].dims),
                    v->name, ad_dtype_name(v->dtype), ad_shape_str(v->rank, want));
@@ -120,6 +142,7 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       st = ad_fail(AD_ERR_INPUT, "error: %s needs input '%s': give it with --data %s=FILE.npy",
                    model, g->inputs.data[k]->name, g->inputs.data[k]->name);
   }
+  int64_t n_chunks = (N + chunk - 1) / chunk;
   for (int i = 0; i < n_out && st == AD_OK; i++) {
     for (int k = 0; k < g->outputs.len; k++)
       if (!strcmp(g->outputs.data[k]->name, outs[i].name))
@@ -130,6 +153,12 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     else if (out_vals[i]->dtype != AD_F32)
       st = ad_fail(AD_ERR_INPUT, "error: --out %s: only float32 outputs can be written",
                    outs[i].name);
+    else if (n_chunks > 1 && (out_vals[i]->rank < 1 || out_vals[i]->dims[0] != chunk))
+      st = ad_fail(AD_ERR_INPUT,
+                   "error: --out %s: output %s has no batch axis, so %lld samples cannot be "
+                   "run in chunks of %lld",
+                   outs[i].name, ad_shape_str(out_vals[i]->rank, out_vals[i]->dims),
+                   (long long)N, (long long)chunk);
   }
   char bc[64];
   snprintf(bc, sizeof bc, "/tmp/autodist-infer-%d.bc", (int)getpid());
@@ -153,10 +182,17 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       if (p->offset[v->id] >= 0)
         memcpy(mem + p->offset[v->id], v->data, ad_value_bytes(v));
     }
+    for (int i = 0; i < n_data; i++)
+      if (!in_vals[i]->batched)
+        memcpy(mem + p->offset[in_vals[i]->id], arrays[i].data, ad_value_bytes(in_vals[i]));
+    /* One chunk: outputs are written whole; several: row by row. */
     for (int i = 0; i < n_out; i++)
-      out_data[i] = ad_xmalloc((size_t)N * ad_value_bytes(out_vals[i]) / (size_t)chunk);
-    for (int64_t s = 0; s < N; s += chunk) {
+      out_data[i] = ad_xmalloc(ad_value_bytes(out_vals[i]) * (size_t)n_chunks);
+    for (int64_t c = 0; c < n_chunks; c++) {
+      int64_t s = c * chunk;
       for (int i = 0; i < n_data; i++) {
+        if (!in_vals[i]->batched)
+          continue;
         size_t row = ad_value_bytes(in_vals[i]) / (size_t)chunk;
         for (int64_t r = 0; r < chunk; r++) {
           int64_t src = s + r < N ? s + r : N - 1;
@@ -166,11 +202,15 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       }
       forward(mem, NULL);
       for (int i = 0; i < n_out; i++) {
-        ad_value *v = out_vals[i];
-        const ad_value *r = v;
+        const ad_value *r = out_vals[i];
         while (r->kind == AD_VAL_ACT && r->producer->op->lower_kind == AD_LOWER_ALIAS)
           r = r->producer->in[0];
-        size_t row = ad_value_bytes(v) / (size_t)chunk;
+        size_t bytes = ad_value_bytes(out_vals[i]);
+        if (n_chunks == 1) {
+          memcpy(out_data[i], mem + p->offset[r->id], bytes);
+          continue;
+        }
+        size_t row = bytes / (size_t)chunk;
         int64_t n = N - s < chunk ? N - s : chunk;
         memcpy((char *)out_data[i] + (size_t)s * row, mem + p->offset[r->id], (size_t)n * row);
       }
@@ -178,7 +218,8 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     for (int i = 0; i < n_out && st == AD_OK; i++) {
       int64_t dims[AD_MAX_RANK];
       memcpy(dims, out_vals[i]->dims, sizeof dims);
-      dims[0] = N;
+      if (n_chunks > 1)
+        dims[0] = N;
       st = ad_npy_save(outs[i].file, "float32", out_vals[i]->rank, dims, out_data[i]);
     }
   }

@@ -116,7 +116,8 @@ ad_status ad_node_add(ad_graph *g, const char *name, const char *op_type, int n_
                    ad_node_where(g, n), n_out, op->n_out);
   n->n_in = n_in;
   n->in = ad_arena_alloc(g->arena, sizeof(ad_value *) * (size_t)(n_in ? n_in : 1));
-  memcpy(n->in, in, sizeof(ad_value *) * (size_t)n_in);
+  if (n_in)
+    memcpy(n->in, in, sizeof(ad_value *) * (size_t)n_in);
   n->n_attr = n_attr;
   n->attrs = ad_arena_alloc(g->arena, sizeof(ad_attr) * (size_t)(n_attr ? n_attr : 1));
   for (int i = 0; i < n_attr; i++) {

@@ -30,6 +30,11 @@
 #define OPSET_MIN 11
 #define OPSET_MAX 17
 
+/* Optional proto2 strings are NULL when absent. */
+static const char *str(const char *s) {
+  return s ? s : "";
+}
+
 /* ---- name -> value table (open addressing; keys live in the graph arena) ---- */
 
 typedef struct slot {
@@ -269,18 +274,17 @@ static ad_status load_initializers(loader *ld) {
   int *uses = ad_xcalloc(gp->n_initializer ? gp->n_initializer : 1, sizeof *uses);
   loader idx = {0};
   for (size_t i = 0; i < gp->n_initializer; i++)
-    map_put(&idx, gp->initializer[i]->name ? gp->initializer[i]->name : "",
-            (ad_value *)(uintptr_t)(i + 1));
+    map_put(&idx, str(gp->initializer[i]->name), (ad_value *)(uintptr_t)(i + 1));
   for (size_t i = 0; i < gp->n_node; i++) {
     const Onnx__NodeProto *n = gp->node[i];
     for (size_t j = 0; j < n->n_input; j++) {
       uintptr_t k = (uintptr_t)map_get(&idx, n->input[j]);
       if (k)
-        uses[k - 1] |= use_kind(n->op_type, j);
+        uses[k - 1] |= use_kind(str(n->op_type), j);
     }
   }
   for (size_t i = 0; i < gp->n_output; i++) {
-    uintptr_t k = (uintptr_t)map_get(&idx, gp->output[i]->name);
+    uintptr_t k = (uintptr_t)map_get(&idx, str(gp->output[i]->name));
     if (k)
       uses[k - 1] |= USE_TRAIN;
   }
@@ -361,7 +365,7 @@ static ad_status load_inputs(loader *ld) {
         batched = true;
       } else {
         const char *sym = d->value_case == ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM
-                              ? d->dim_param
+                              ? str(d->dim_param)
                               : "?";
         return ad_fail(AD_ERR_INPUT,
                        "%s: error: input '%s' has a dynamic dimension '%s' at axis %d (only axis "

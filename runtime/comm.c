@@ -21,8 +21,8 @@ struct ad_comm {
   const ad_comm_backend *backend;
   void *ctx;
   int rank, size;
-  int64_t bytes;        /* since the last ad_comm_take_bytes */
-  ad_status failed;     /* first backend failure, AD_OK when none */
+  int64_t bytes;    /* since the last ad_comm_take_bytes */
+  ad_status failed; /* first backend failure, AD_OK when none */
   char failure[1024];
 };
 
@@ -42,10 +42,18 @@ ad_comm *ad_comm_create(const ad_comm_backend *backend, void *ctx, int rank, int
   return c;
 }
 
-int ad_comm_rank(const ad_comm *c) { return c->rank; }
-int ad_comm_size(const ad_comm *c) { return c->size; }
-ad_device_type ad_comm_device(const ad_comm *c) { return c->backend->device; }
-const char *ad_comm_backend_name(const ad_comm *c) { return c->backend->name; }
+int ad_comm_rank(const ad_comm *c) {
+  return c->rank;
+}
+int ad_comm_size(const ad_comm *c) {
+  return c->size;
+}
+ad_device_type ad_comm_device(const ad_comm *c) {
+  return c->backend->device;
+}
+const char *ad_comm_backend_name(const ad_comm *c) {
+  return c->backend->name;
+}
 
 static void record(ad_comm *c, ad_status st) {
   if (st == AD_OK || c->failed != AD_OK)
@@ -96,7 +104,9 @@ ad_status ad_comm_gather(ad_comm *c, const void *send, int64_t bytes, void *recv
   return c->backend->gather(c->ctx, send, bytes, recv);
 }
 
-ad_status ad_comm_finalize(ad_comm *c) { return c->backend->finalize(c->ctx); }
+ad_status ad_comm_finalize(ad_comm *c) {
+  return c->backend->finalize(c->ctx);
+}
 
 void ad_comm_destroy(ad_comm *c) {
   if (!c)
@@ -111,4 +121,6 @@ void ad_rt_allreduce_start(void *rt, int64_t bucket, float *buf, int64_t count) 
   ad_comm_allreduce_start(rt, bucket, buf, count);
 }
 
-void ad_rt_allreduce_wait(void *rt, int64_t bucket) { ad_comm_allreduce_wait(rt, bucket); }
+void ad_rt_allreduce_wait(void *rt, int64_t bucket) {
+  ad_comm_allreduce_wait(rt, bucket);
+}

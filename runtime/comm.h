@@ -20,8 +20,8 @@
 #include "../common/ad.h"
 
 typedef enum ad_device_type {
-  AD_DEVICE_CPU,   /* host memory */
-  AD_DEVICE_CUDA,  /* device memory (NCCL backend, not built yet) */
+  AD_DEVICE_CPU,  /* host memory */
+  AD_DEVICE_CUDA, /* device memory (NCCL backend, not built yet) */
   AD_DEVICE_TYPE_COUNT
 } ad_device_type;
 
@@ -30,8 +30,8 @@ const char *ad_device_type_name(ad_device_type t);
 /* One backend: every function gets the backend's own state `ctx`. Functions
  * returning ad_status fail with AD_ERR_JOB and a message. */
 typedef struct ad_comm_backend {
-  const char *name;       /* "mpi" */
-  ad_device_type device;  /* where the buffers it is given live */
+  const char *name;      /* "mpi" */
+  ad_device_type device; /* where the buffers it is given live */
   /* Non-blocking in-place sum of `count` floats at `buf`, tracked as `bucket`. */
   ad_status (*allreduce_start)(void *ctx, int64_t bucket, float *buf, int64_t count);
   /* Blocks until `bucket` (started before) is reduced. */

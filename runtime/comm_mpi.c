@@ -47,7 +47,7 @@ static ad_status mpi_allreduce_start(void *ctx, int64_t b, float *buf, int64_t c
     m->n_buckets = n;
   }
   bucket *bk = &m->buckets[b];
-  AD_ASSERT(!bk->active);  /* generated code waits before restarting a bucket */
+  AD_ASSERT(!bk->active); /* generated code waits before restarting a bucket */
   int need = (int)((count + INT_MAX - 1) / INT_MAX);
   if (need > bk->cap) {
     bk->req = ad_xrealloc(bk->req, (size_t)need * sizeof *bk->req);
@@ -56,8 +56,8 @@ static ad_status mpi_allreduce_start(void *ctx, int64_t b, float *buf, int64_t c
   bk->n_req = 0;
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
-    AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf + done, n, MPI_FLOAT, MPI_SUM,
-                                    MPI_COMM_WORLD, &bk->req[bk->n_req++]),
+    AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                                    &bk->req[bk->n_req++]),
                      "MPI_Iallreduce"));
   }
   bk->active = 1;
@@ -91,8 +91,8 @@ static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *re
     counts[r] = (int)bytes;
     displs[r] = (int)(bytes * r);
   }
-  ad_status st = mpi_check(MPI_Gatherv(send, (int)bytes, MPI_BYTE, rank == 0 ? recv : NULL,
-                                       counts, displs, MPI_BYTE, 0, MPI_COMM_WORLD),
+  ad_status st = mpi_check(MPI_Gatherv(send, (int)bytes, MPI_BYTE, rank == 0 ? recv : NULL, counts,
+                                       displs, MPI_BYTE, 0, MPI_COMM_WORLD),
                            "MPI_Gatherv");
   free(counts);
   free(displs);

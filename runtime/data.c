@@ -63,7 +63,7 @@ static ad_status parse_opts(int argc, char **argv, ad_run_opts *o) {
       o->plan_dir = ad_xstrdup(a);
       continue;
     }
-    static const char *const with_value[] = {"--data", "--out", "--steps", "--epochs",
+    static const char *const with_value[] = {"--data",    "--out",  "--steps",  "--epochs",
                                              "--metrics", "--save", "--shuffle"};
     int known = 0;
     for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
@@ -109,7 +109,8 @@ static ad_status parse_opts(int argc, char **argv, ad_run_opts *o) {
     }
   }
   if (!o->plan_dir)
-    return ad_fail(AD_ERR_INPUT, "error: missing PLAN_DIR (usage: autodist run PLAN_DIR [options])");
+    return ad_fail(AD_ERR_INPUT,
+                   "error: missing PLAN_DIR (usage: autodist run PLAN_DIR [options])");
   if (o->steps && o->epochs)
     return ad_fail(AD_ERR_INPUT, "error: --steps and --epochs are mutually exclusive");
   return AD_OK;
@@ -142,7 +143,9 @@ void ad_run_opts_free(ad_run_opts *o) {
 
 /* ---- data files ---- */
 
-static bool is_data_role(ad_tensor_role r) { return r == AD_ROLE_INPUT || r == AD_ROLE_LABEL; }
+static bool is_data_role(ad_tensor_role r) {
+  return r == AD_ROLE_INPUT || r == AD_ROLE_LABEL;
+}
 
 /* "(100, 3, 28, 28)"; with `any_batch`, axis 0 prints as N. */
 static void shape_str(char *buf, size_t cap, int rank, const int64_t *dims, bool any_batch) {
@@ -206,16 +209,17 @@ static ad_status check_names(const ad_plan *plan, const ad_run_opts *o) {
     }
   }
   if (!plan->training) {
-    const char *flag = o->steps      ? "--steps"
-                       : o->epochs   ? "--epochs"
-                       : o->shuffle  ? "--shuffle"
-                       : o->save     ? "--save"
-                       : o->metrics  ? "--metrics"
-                                     : NULL;
+    const char *flag = o->steps     ? "--steps"
+                       : o->epochs  ? "--epochs"
+                       : o->shuffle ? "--shuffle"
+                       : o->save    ? "--save"
+                       : o->metrics ? "--metrics"
+                                    : NULL;
     if (flag)
       return ad_fail(AD_ERR_INPUT,
                      "error: %s applies to training plans; %s is an inference plan "
-                     "(it runs once over the data)", flag, o->plan_dir);
+                     "(it runs once over the data)",
+                     flag, o->plan_dir);
   }
   return AD_OK;
 }
@@ -253,17 +257,20 @@ ad_status ad_run_data_load(const ad_plan *plan, const ad_run_opts *o, ad_npy **a
     loaded++;
     st = check_array(ad_plan_tensor_find(plan, o->data[i].name), o->data[i].path, &arrays[i]);
     if (st == AD_OK && n >= 0 && arrays[i].dims[0] != n)
-      st = ad_fail(AD_ERR_INPUT, "%s: error: %lld samples, but %s has %lld (the data files must "
-                   "have the same number of samples)", o->data[i].path,
-                   (long long)arrays[i].dims[0], o->data[0].path, (long long)n);
+      st = ad_fail(AD_ERR_INPUT,
+                   "%s: error: %lld samples, but %s has %lld (the data files must "
+                   "have the same number of samples)",
+                   o->data[i].path, (long long)arrays[i].dims[0], o->data[0].path, (long long)n);
     if (n < 0)
       n = arrays[i].dims[0];
   }
   if (st == AD_OK && n == 0)
     st = ad_fail(AD_ERR_INPUT, "%s: error: no samples", o->data[0].path);
   if (st == AD_OK && plan->training && n < plan->global_batch)
-    st = ad_fail(AD_ERR_INPUT, "%s: error: %lld samples, fewer than one global batch (%lld) of "
-                 "the plan", o->data[0].path, (long long)n, (long long)plan->global_batch);
+    st = ad_fail(AD_ERR_INPUT,
+                 "%s: error: %lld samples, fewer than one global batch (%lld) of "
+                 "the plan",
+                 o->data[0].path, (long long)n, (long long)plan->global_batch);
   if (st == AD_OK && n < 0)
     st = ad_fail(AD_ERR_INPUT, "error: the plan has no inputs to feed");
   if (st != AD_OK) {

@@ -22,18 +22,18 @@
 /* ---- run options ---- */
 
 typedef struct ad_run_bind {
-  char *name;   /* tensor name */
-  char *path;   /* .npy file */
+  char *name; /* tensor name */
+  char *path; /* .npy file */
 } ad_run_bind;
 
 typedef struct ad_run_opts {
   char *plan_dir;
   int n_data, n_out;
   ad_run_bind *data, *out;
-  int64_t steps;       /* 0: not given */
-  int64_t epochs;      /* 0: not given (default: 1 epoch) */
-  char *metrics;       /* NULL: none */
-  char *save;          /* NULL: none */
+  int64_t steps;  /* 0: not given */
+  int64_t epochs; /* 0: not given (default: 1 epoch) */
+  char *metrics;  /* NULL: none */
+  char *save;     /* NULL: none */
   bool shuffle;
   uint64_t seed;
 } ad_run_opts;
@@ -73,8 +73,8 @@ typedef struct ad_data_order {
   int64_t n;
   bool shuffle;
   uint64_t seed;
-  int64_t epoch;   /* epoch held in perm; -1 none */
-  int64_t *perm;   /* owned; NULL without shuffle */
+  int64_t epoch; /* epoch held in perm; -1 none */
+  int64_t *perm; /* owned; NULL without shuffle */
 } ad_data_order;
 
 void ad_data_order_init(ad_data_order *o, int64_t n, bool shuffle, uint64_t seed);

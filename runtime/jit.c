@@ -34,10 +34,10 @@
 struct ad_jit {
   char *path;
   LLVMOrcThreadSafeContextRef tsctx;
-  LLVMTargetMachineRef tm;  /* for the optimization pipeline */
+  LLVMTargetMachineRef tm; /* for the optimization pipeline */
   LLVMOrcLLJITRef lljit;
-  char *triple, *cpu, *features;  /* LLVM-allocated (LLVMDisposeMessage) */
-  char diag[2048];                /* last diagnostic LLVM reported */
+  char *triple, *cpu, *features; /* LLVM-allocated (LLVMDisposeMessage) */
+  char diag[2048];               /* last diagnostic LLVM reported */
 };
 
 static void on_diagnostic(LLVMDiagnosticInfoRef di, void *ctx) {
@@ -96,8 +96,8 @@ static ad_status prepare_module(ad_jit *jit, LLVMModuleRef *out) {
   }
 
   if (LLVMVerifyModule(mod, LLVMReturnStatusAction, &msg)) {
-    ad_status st = ad_fail(AD_ERR_INPUT, "%s: error: module fails verification: %s", jit->path,
-                           msg);
+    ad_status st =
+        ad_fail(AD_ERR_INPUT, "%s: error: module fails verification: %s", jit->path, msg);
     LLVMDisposeMessage(msg);
     LLVMDisposeModule(mod);
     return st;
@@ -131,8 +131,7 @@ static ad_status create_target_machine(ad_jit *jit, LLVMTargetMachineRef *out) {
     return st;
   }
   *out = LLVMCreateTargetMachine(target, jit->triple, jit->cpu, jit->features,
-                                 LLVMCodeGenLevelAggressive, LLVMRelocPIC,
-                                 LLVMCodeModelJITDefault);
+                                 LLVMCodeGenLevelAggressive, LLVMRelocPIC, LLVMCodeModelJITDefault);
   AD_ASSERT(*out);
   return AD_OK;
 }
@@ -216,8 +215,12 @@ ad_status ad_jit_lookup(ad_jit *jit, const char *name, void **addr) {
   return AD_OK;
 }
 
-const char *ad_jit_cpu(const ad_jit *jit) { return jit->cpu; }
-const char *ad_jit_features(const ad_jit *jit) { return jit->features; }
+const char *ad_jit_cpu(const ad_jit *jit) {
+  return jit->cpu;
+}
+const char *ad_jit_features(const ad_jit *jit) {
+  return jit->features;
+}
 
 void ad_jit_destroy(ad_jit *jit) {
   if (!jit)

@@ -62,8 +62,7 @@ void ad_k_add_rowvec(const int64_t *p, float *Y, const float *bias) {
 
 /* Softmax (log_out = 0) or log-softmax (log_out = 1) of `n` values spaced
  * `stride` apart, for `w` adjacent columns starting at x / y. */
-static void softmax_block(const float *x, float *y, int64_t n, int64_t stride, int w,
-                          int log_out) {
+static void softmax_block(const float *x, float *y, int64_t n, int64_t stride, int w, int log_out) {
   float mx[SM_BLOCK], sum[SM_BLOCK];
   for (int j = 0; j < w; j++) {
     mx[j] = -INFINITY;

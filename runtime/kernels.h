@@ -85,6 +85,9 @@ void ad_k_transpose(const int64_t *p, const float *x, float *y);
 void ad_k_pad_fwd(const int64_t *p, const float *x, float *y);
 void ad_k_pad_bwd(const int64_t *p, const float *dy, float *dx);
 
+/* y[0] += sum of the n contiguous floats at x; p = {n} (kernels_reduce.c). */
+void ad_k_sum_row(const int64_t *p, const float *x, float *y);
+
 /* ---- communication, called from generated code; `rt` is the handle the
  * worker passed to ad_step. Implemented in runtime/comm.c over the backend. ----
  * Starts an in-place sum all-reduce of `count` floats at `buf` as bucket

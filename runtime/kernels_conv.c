@@ -8,17 +8,17 @@
  *     forward      y_g[Mg, P]  = w_g[Mg, K] * col + bias
  *     data grad    col         = w_g^T * dy_g, then col2im adds col into dx
  *     weight grad  dw_g[Mg, K] += dy_g * col^T   (summed over the batch)
- * are one SGEMM each. im2col / col2im compute, per kernel tap, the range of
- * output columns that read real input, so the inner loops have no bounds tests
- * (and are a memcpy for stride 1). Pointwise convolutions (1x1, stride 1, no
- * padding) read the image itself as col and need no workspace.
-
+ * are one SGEMM each (the bias rides in the forward GEMM as an extra row of
+ * ones in col). im2col / col2im compute, per kernel tap, the range of output
+ * pixels that read real input, so the inner loops have no bounds tests; for
+ * stride 1 "same"-width convolutions a tap row is even one flat copy of the
+ * plane (see conv_flat). Pointwise convolutions (1x1, stride 1, no padding)
+ * read the image itself as col.
  *
- * Measured alternatives that did not pay on the benchmark CNN's layers (3x3
- * convolutions of 28x28 and 14x14 images, single thread): building the columns
- * of several images side by side for one wider SGEMM (the larger column buffer
- * falls out of L2 and needs a scatter of the result), and folding the bias into
- * the GEMM. One image-group at a time keeps col (K * P floats) in L2.
+ * Measured on the benchmark CNN's layers (3x3 convolutions of 28x28 and 14x14
+ * images, one thread), building the columns of several images side by side for
+ * one wider SGEMM did not pay: the larger column buffer falls out of L2 and
+ * the result needs a scatter. One image-group at a time keeps col in L2.
  */
 #include "runtime/kernels.h"
 
@@ -27,16 +27,16 @@
 
 typedef struct conv_geom {
   int64_t n, c, h, w, m, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw, g;
-  int64_t cg, mg;  /* channels and filters per group */
-  int64_t k;       /* rows of col: cg * kh * kw */
-  int64_t hw, pq;  /* input and output pixels per channel */
-  int pointwise;   /* col is the image itself */
+  int64_t cg, mg; /* channels and filters per group */
+  int64_t k;      /* rows of col: cg * kh * kw */
+  int64_t hw, pq; /* input and output pixels per channel */
+  int pointwise;  /* col is the image itself */
 } conv_geom;
 
 static conv_geom conv_geom_of(const int64_t *p) {
-  conv_geom g = {.n = p[0],  .c = p[1],  .h = p[2],   .w = p[3],   .m = p[4],   .kh = p[5],
-                 .kw = p[6], .oh = p[7], .ow = p[8],  .sh = p[9],  .sw = p[10], .pt = p[11],
-                 .pl = p[12], .dh = p[13], .dw = p[14], .g = p[15]};
+  /* The 16 parameters in order, then the derived fields (set below). */
+  conv_geom g = {p[0],  p[1],  p[2],  p[3],  p[4],  p[5], p[6], p[7], p[8], p[9], p[10],
+                 p[11], p[12], p[13], p[14], p[15], 0,    0,    0,    0,    0,    0};
   if (g.g < 1)
     g.g = 1;
   g.cg = g.c / g.g;
@@ -49,16 +49,15 @@ static conv_geom conv_geom_of(const int64_t *p) {
   return g;
 }
 
-/* Images per SGEMM in the batched forward / weight-gradient paths: enough to
- * give the GEMM about 4096 columns, never more than the batch. */
+/* col[K + 1, P] (the extra row of ones carries the forward's bias) and the
+ * bias-extended weights [M, K + 1]. */
 int64_t ad_k_conv2d_workspace(const int64_t *p) {
   conv_geom g = conv_geom_of(p);
-  return g.pointwise ? 0 : g.k * g.pq;
+  return g.pointwise ? 0 : (g.k + 1) * (g.pq + g.m);
 }
 
 /* Range [lo, hi) of output positions o with 0 <= o * s + off < n (o < out_n). */
-static void tap_range(int64_t off, int64_t s, int64_t n, int64_t out_n, int64_t *lo,
-                      int64_t *hi) {
+static void tap_range(int64_t off, int64_t s, int64_t n, int64_t out_n, int64_t *lo, int64_t *hi) {
   int64_t a = off >= 0 ? 0 : (-off + s - 1) / s;
   int64_t t = n - 1 - off; /* o * s <= t */
   int64_t b = t < 0 ? 0 : t / s + 1;
@@ -219,43 +218,52 @@ static void col2im_add(const conv_geom *g, float *col, float *dx) {
   }
 }
 
-/* y_g rows = bias (beta 1 in the GEMM) or nothing (beta 0). */
-static float fill_bias(const float *b, float *y, int64_t rows, int64_t cols, int64_t ld) {
-  if (!b)
-    return 0.0f;
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t j = 0; j < cols; j++)
-      y[r * ld + j] = b[r];
-  return 1.0f;
-}
-
+/* The bias rides in the GEMM: col gets a row of ones (row K) and the weights
+ * are copied once per call into wb[M, K + 1] with the bias as last column, so
+ * y is written once (filling y with the bias first and accumulating costs a
+ * whole extra pass over y, 40% of the forward time of a 1-channel layer). */
 void ad_k_conv2d_fwd(const int64_t *p, const float *x, const float *w, const float *b, float *y,
                      float *ws) {
   const conv_geom g = conv_geom_of(p);
   if (g.n == 0 || g.pq == 0 || g.mg == 0)
     return;
-  const int mg = (int)g.mg, k = (int)g.k, pq = (int)g.pq;
+  const int mg = (int)g.mg, pq = (int)g.pq;
+  if (g.pointwise || g.k == 0) {
+    /* Pointwise reads x in place, so the bias goes in first (beta = 1). */
+    const int k = (int)g.k;
+    for (int64_t n = 0; n < g.n; n++)
+      for (int64_t gi = 0; gi < g.g; gi++) {
+        float *yg = y + (n * g.m + gi * g.mg) * g.pq;
+        for (int64_t r = 0; r < g.mg; r++)
+          for (int64_t j = 0; j < g.pq; j++)
+            yg[r * g.pq + j] = b ? b[gi * g.mg + r] : 0.0f;
+        if (k > 0)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mg, pq, k, 1.0f,
+                      w + gi * g.mg * g.k, k, x + (n * g.c + gi * g.cg) * g.hw, pq, 1.0f, yg, pq);
+      }
+    return;
+  }
+  const int64_t kb = b ? g.k + 1 : g.k; /* GEMM depth, with the bias row */
+  const float *wk = w;
+  if (b) {
+    float *wb = ws + kb * g.pq;
+    for (int64_t m = 0; m < g.m; m++) {
+      memcpy(wb + m * kb, w + m * g.k, (size_t)g.k * sizeof(float));
+      wb[m * kb + g.k] = b[m];
+    }
+    for (int64_t j = 0; j < g.pq; j++)
+      ws[g.k * g.pq + j] = 1.0f;
+    wk = wb;
+  }
   for (int64_t n = 0; n < g.n; n++)
     for (int64_t gi = 0; gi < g.g; gi++) {
-      const float *xg = x + (n * g.c + gi * g.cg) * g.hw;
-      float *yg = y + (n * g.m + gi * g.mg) * g.pq;
-      const float beta = fill_bias(b ? b + gi * g.mg : NULL, yg, g.mg, g.pq, g.pq);
-      if (g.k == 0) {
-        if (!b)
-          memset(yg, 0, (size_t)(g.mg * g.pq) * sizeof(float));
-        continue;
-      }
-      if (!g.pointwise) {
-        im2col(&g, xg, ws);
-        xg = ws;
-      }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mg, pq, k, 1.0f, w + gi * g.mg * g.k,
-                  k, xg, pq, beta, yg, pq);
+      im2col(&g, x + (n * g.c + gi * g.cg) * g.hw, ws);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mg, pq, (int)kb, 1.0f,
+                  wk + gi * g.mg * kb, (int)kb, ws, pq, 0.0f, y + (n * g.m + gi * g.mg) * g.pq, pq);
     }
 }
 
-void ad_k_conv2d_bwd_data(const int64_t *p, const float *dy, const float *w, float *dx,
-                          float *ws) {
+void ad_k_conv2d_bwd_data(const int64_t *p, const float *dy, const float *w, float *dx, float *ws) {
   const conv_geom g = conv_geom_of(p);
   const int mg = (int)g.mg, k = (int)g.k, pq = (int)g.pq;
   if (g.mg == 0 || g.pq == 0 || g.k == 0) {

@@ -9,6 +9,12 @@
  * the forward (first maximum wins; a NaN wins over numbers, the last NaN over
  * earlier ones, exactly PyTorch's `val > max || isnan(val)` rule).
  * The common 2x2 / stride 2 unpadded max pool has its own loop.
+ *
+ * Average pooling divides by kh * kw when padding counts (count_include_pad
+ * 1; with the implied bottom/right padding every window lies inside the padded
+ * image) and by the number of image cells otherwise (ONNX semantics). PyTorch's
+ * ceil_mode windows that overhang the padded image divide by the clipped size
+ * instead; that case cannot be told apart from here.
  */
 #include "runtime/kernels.h"
 
@@ -75,18 +81,20 @@ static int is_pool2x2(const pool_geom *g) {
 /* 2x2 / stride 2 windows tile the image (but for an odd last row or column,
  * which no window reads): the forward is a pairwise max; the backward writes
  * every dx cell of a window (dy at the argmax, 0 elsewhere) without a
- * separate zeroing pass. */
+ * separate zeroing pass. Both use selects that compile to maxss / blends: with
+ * random data a branch per comparison mispredicts about half the time. NaNs
+ * are rare, so they are detected once per window and take the general rule. */
 static void maxpool2x2_fwd(const pool_geom *g, const float *xp, float *yp) {
   for (int64_t oy = 0; oy < g->oh; oy++) {
     const float *r0 = xp + 2 * oy * g->w, *r1 = r0 + g->w;
     float *yr = yp + oy * g->ow;
     for (int64_t ox = 0; ox < g->ow; ox++) {
-      float m = r0[2 * ox];
-      const float v1 = r0[2 * ox + 1], v2 = r1[2 * ox], v3 = r1[2 * ox + 1];
-      m = takes(v1, m) ? v1 : m;
-      m = takes(v2, m) ? v2 : m;
-      m = takes(v3, m) ? v3 : m;
-      yr[ox] = m;
+      const float v0 = r0[2 * ox], v1 = r0[2 * ox + 1], v2 = r1[2 * ox], v3 = r1[2 * ox + 1];
+      float m = v1 > v0 ? v1 : v0;
+      m = v2 > m ? v2 : m;
+      m = v3 > m ? v3 : m;
+      const int nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
+      yr[ox] = nan ? NAN : m;
     }
   }
 }
@@ -98,20 +106,24 @@ static void maxpool2x2_bwd(const pool_geom *g, const float *xp, const float *dyp
     const float *dyr = dyp + oy * g->ow;
     for (int64_t ox = 0; ox < g->ow; ox++) {
       const int64_t c0 = 2 * ox;
-      float m = r0[c0];
-      int at = 0;
-      const float v1 = r0[c0 + 1], v2 = r1[c0], v3 = r1[c0 + 1];
-      if (takes(v1, m))
-        m = v1, at = 1;
-      if (takes(v2, m))
-        m = v2, at = 2;
-      if (takes(v3, m))
-        m = v3, at = 3;
-      const float v = dyr[ox];
-      d0[c0] = at == 0 ? v : 0.0f;
-      d0[c0 + 1] = at == 1 ? v : 0.0f;
-      d1[c0] = at == 2 ? v : 0.0f;
-      d1[c0 + 1] = at == 3 ? v : 0.0f;
+      const float v0 = r0[c0], v1 = r0[c0 + 1], v2 = r1[c0], v3 = r1[c0 + 1];
+      /* First maximum in tap order, as a tournament: the first-wins winner of
+       * each row pair, then the second row only if strictly greater. Integer
+       * arithmetic only, so that GCC emits no branches. */
+      const int i01 = v1 > v0, i23 = v3 > v2;
+      const float m01 = i01 ? v1 : v0, m23 = i23 ? v3 : v2;
+      const unsigned second = -(unsigned)(m23 > m01);
+      int at = (int)(((unsigned)i01 & ~second) | ((unsigned)(2 + i23) & second));
+      if ((v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)) {
+        /* The last NaN wins (takes() on each tap in order). */
+        at = v3 != v3 ? 3 : v2 != v2 ? 2 : v1 != v1 ? 1 : 0;
+      }
+      uint32_t v;
+      memcpy(&v, dyr + ox, sizeof v);
+      const uint32_t out[4] = {v & -(uint32_t)(at == 0), v & -(uint32_t)(at == 1),
+                               v & -(uint32_t)(at == 2), v & -(uint32_t)(at == 3)};
+      memcpy(d0 + c0, out, 2 * sizeof(float));
+      memcpy(d1 + c0, out + 2, 2 * sizeof(float));
     }
     for (int64_t c = 2 * g->ow; c < g->w; c++)
       d0[c] = d1[c] = 0.0f;
@@ -161,8 +173,7 @@ void ad_k_maxpool2d_bwd(const int64_t *p, const float *x, const float *dy, float
 /* The divisor of window (oy, ox): all kh * kw taps when padding counts (the
  * implied bottom/right padding keeps every window inside the padded image),
  * else the taps that land in the image. */
-static int64_t avg_count(const pool_geom *g, int64_t ylo, int64_t yhi, int64_t xlo,
-                         int64_t xhi) {
+static int64_t avg_count(const pool_geom *g, int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi) {
   if (g->include_pad)
     return g->kh * g->kw;
   return (yhi - ylo) * (xhi - xlo);

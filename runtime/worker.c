@@ -16,7 +16,7 @@
  * launcher reports the message, which is why the worker does not print it too.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE  /* sched_setaffinity */
+#define _GNU_SOURCE /* sched_setaffinity */
 #endif
 #include "../cli/commands.h"
 #include "comm.h"
@@ -52,10 +52,11 @@ typedef struct worker {
   ad_npy *arrays;               /* one per opts.data */
   const ad_plan_tensor **feeds; /* the tensor each array feeds */
   int64_t n_samples;
-  int64_t local_batch;          /* b = B / replicas */
-  char **outs;                  /* per opts.out: gathered rows (rank 0) */
+  int64_t local_batch; /* b = B / replicas */
+  char **outs;         /* per opts.out: gathered rows (rank 0) */
   FILE *metrics;
   bool tty;
+  double last_print; /* of the progress line */
 } worker;
 
 static double now_sec(void) {
@@ -79,7 +80,7 @@ static void write_status_file(int rank, const char *ext, const char *text) {
   char path[4096];
   snprintf(path, sizeof path, "%s/rank%d.%s", dir, rank, ext);
   ad_status st = ad_file_write(path, text, strlen(text));
-  (void)st;  /* the launcher also notices a vanished process without the file */
+  (void)st; /* the launcher also notices a vanished process without the file */
 }
 
 /* ---- setup ---- */
@@ -100,8 +101,10 @@ static ad_status check_plan(worker *w) {
   if (!w->device)
     return ad_fail(AD_ERR_INPUT, "%s: error: no device with rank %d", p->dir, w->rank);
   if (strcmp(w->device->type, "cpu"))
-    return ad_fail(AD_ERR_INPUT, "%s: error: device type '%s' of rank %d is not supported by this "
-                   "build (cpu only)", p->dir, w->device->type, w->rank);
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: device type '%s' of rank %d is not supported by this "
+                   "build (cpu only)",
+                   p->dir, w->device->type, w->rank);
   if (p->training) {
     const ad_plan_tensor *loss = NULL;
     for (int i = 0; i < p->n_tensors; i++)
@@ -126,8 +129,10 @@ static void pin_to_core(const worker *w) {
     if (sched_setaffinity(0, sizeof set, &set) == 0)
       return;
   }
-  fprintf(stderr, "autodist: warning: worker rank %d: CPU core %d does not exist on this machine "
-          "(%ld cores) or is not allowed; running unpinned\n", w->rank, core, n);
+  fprintf(stderr,
+          "autodist: warning: worker rank %d: CPU core %d does not exist on this machine "
+          "(%ld cores) or is not allowed; running unpinned\n",
+          w->rank, core, n);
 }
 
 static ad_status load_weights(worker *w) {
@@ -168,9 +173,11 @@ static ad_status bind_data(worker *w) {
     w->feeds[i] = t;
     if (t->dims[0] != w->local_batch ||
         t->bytes != w->local_batch * ad_data_row_bytes(&w->arrays[i]))
-      return ad_fail(AD_ERR_INPUT, "%s: error: tensor '%s' holds %lld bytes, not %lld samples "
-                     "of %lld bytes", w->plan->dir, t->name, (long long)t->bytes,
-                     (long long)w->local_batch, (long long)ad_data_row_bytes(&w->arrays[i]));
+      return ad_fail(AD_ERR_INPUT,
+                     "%s: error: tensor '%s' holds %lld bytes, not %lld samples "
+                     "of %lld bytes",
+                     w->plan->dir, t->name, (long long)t->bytes, (long long)w->local_batch,
+                     (long long)ad_data_row_bytes(&w->arrays[i]));
   }
   return AD_OK;
 }
@@ -197,8 +204,7 @@ static ad_status setup(worker *w, int argc, char **argv) {
   if (w->rank == 0 && w->opts.metrics) {
     w->metrics = fopen(w->opts.metrics, "w");
     if (!w->metrics)
-      return ad_fail(AD_ERR_INPUT, "%s: error: cannot write: %s", w->opts.metrics,
-                     strerror(errno));
+      return ad_fail(AD_ERR_INPUT, "%s: error: cannot write: %s", w->opts.metrics, strerror(errno));
   }
   const char *tty = getenv("AD_TTY");
   w->tty = tty ? !strcmp(tty, "1") : isatty(2);
@@ -262,7 +268,9 @@ static ad_status save_model(worker *w) {
     const ad_plan_tensor *t = &p->tensors[i];
     if (t->role != AD_ROLE_PARAM)
       continue;
-    ts[n++] = (ad_named_tensor){.name = t->name, .rank = t->rank, .dims = t->dims,
+    ts[n++] = (ad_named_tensor){.name = t->name,
+                                .rank = t->rank,
+                                .dims = t->dims,
                                 .data = (const float *)(w->mem + t->offset)};
   }
   char *base = plan_path(p, "model.onnx");
@@ -280,10 +288,14 @@ static void progress(worker *w, int64_t k, int64_t steps, double loss, double ra
   int64_t every = steps >= 10 ? steps / 10 : 1;
   if (!w->tty && !last && (k + 1) % every)
     return;
+  /* On a terminal: at most 10 updates a second (fast steps would flood it). */
+  double t = now_sec();
+  if (w->tty && !last && k > 0 && t - w->last_print < 0.1)
+    return;
+  w->last_print = t;
   double epoch = (double)(k + 1) * (double)w->plan->global_batch / (double)w->n_samples;
-  fprintf(stderr, "%sstep %lld/%lld  epoch %.2f  loss %.6g  %.0f samples/s%s",
-          w->tty ? "\r" : "", (long long)(k + 1), (long long)steps, epoch, loss, rate,
-          w->tty && !last ? "  " : "\n");
+  fprintf(stderr, "%sstep %lld/%lld  epoch %.2f  loss %.6g  %.0f samples/s%s", w->tty ? "\r" : "",
+          (long long)(k + 1), (long long)steps, epoch, loss, rate, w->tty && !last ? "  " : "\n");
   fflush(stderr);
 }
 
@@ -294,7 +306,7 @@ static void metrics_line(worker *w, int64_t step, double loss, double rate, doub
   char num[64];
   if (isfinite(loss))
     snprintf(num, sizeof num, "%.9g", loss);
-  else  /* JSON has no NaN; Python's json reads these */
+  else /* JSON has no NaN; Python's json reads these */
     snprintf(num, sizeof num, "%s", isnan(loss) ? "NaN" : loss > 0 ? "Infinity" : "-Infinity");
   fprintf(w->metrics,
           "{\"step\": %lld, \"loss\": %s, \"samples_per_sec\": %.1f, \"elapsed_sec\": %.6f, "
@@ -342,9 +354,10 @@ static ad_status train(worker *w) {
   ad_data_order_free(&order);
   AD_TRY(st);
   if (w->rank == 0)
-    fprintf(stderr, "autodist: trained %lld steps (%.2f epochs of %lld samples) on %d worker%s in "
-            "%.3f s: %.0f samples/s, final loss %.6g\n", (long long)steps,
-            (double)steps * (double)p->global_batch / (double)w->n_samples,
+    fprintf(stderr,
+            "autodist: trained %lld steps (%.2f epochs of %lld samples) on %d worker%s in "
+            "%.3f s: %.0f samples/s, final loss %.6g\n",
+            (long long)steps, (double)steps * (double)p->global_batch / (double)w->n_samples,
             (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", elapsed,
             (double)steps * (double)p->global_batch / (elapsed > 0 ? elapsed : 1e-9), loss);
 

@@ -12,7 +12,9 @@ through autograd) on random inputs, rtol 1e-4:
 The source dir is $AD_SRC (set by ctest) or the repo root above this file.
 
 `test_kernels_torch.py --bench` instead times the conv and pool kernels against
-PyTorch (one thread each) on the benchmark CNN's shapes; it is not a test.
+PyTorch (one thread each) on the benchmark CNN's shapes; it is not a test. It
+reports thread CPU time (best of 3), so that other jobs on a shared machine
+count less.
 """
 import ctypes
 import os
@@ -26,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(1)
-SRC = os.environ.get("AD_SRC") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SRC = os.environ.get("AD_SRC") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
 RTOL, ATOL = 1e-4, 1e-5
 failures = 0
 
@@ -116,12 +119,13 @@ def test_conv(lib, rng):
         d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
         pads = tuple(int(v) for v in rng.integers(0, 3, 4))
         h, w = int(rng.integers(1, 12)), int(rng.integers(1, 12))
-        if h + pads[0] + pads[2] < d[0] * (k[0] - 1) + 1 or w + pads[1] + pads[3] < d[1] * (k[1] - 1) + 1:
+        if (h + pads[0] + pads[2] < d[0] * (k[0] - 1) + 1
+                or w + pads[1] + pads[3] < d[1] * (k[1] - 1) + 1):
             continue
         conv_case(lib, rng, int(rng.integers(1, 4)), g * int(rng.integers(1, 4)), h, w,
                   g * int(rng.integers(1, 5)), k[0], k[1],
                   (int(rng.integers(1, 4)), int(rng.integers(1, 4))), pads, d, g)
-    # Pointwise, batched im2col and the benchmark CNN's layers.
+    # Pointwise, a large batch, and the benchmark CNN's layers (3x3 'same' and 5x5 'valid').
     conv_case(lib, rng, 3, 8, 6, 5, 12, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2)
     conv_case(lib, rng, 40, 3, 7, 7, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     conv_case(lib, rng, 8, 1, 28, 28, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
@@ -166,7 +170,8 @@ def test_pool(lib, rng):
         y = np.full(yt.shape, np.nan, dtype=np.float32)
         dx = np.full(x.shape, np.nan, dtype=np.float32)
         for inc in (0, 1):
-            p = params([n, c, h, w, oh, ow, k[0], k[1], s[0], s[1], pad[0], pad[1], d[0], d[1], inc])
+            p = params([n, c, h, w, oh, ow, k[0], k[1], s[0], s[1], pad[0], pad[1], d[0], d[1],
+                        inc])
             call(lib, "ad_k_maxpool2d_fwd", p, x, y)
             check("maxpool2d_fwd", desc, y, yt)
             call(lib, "ad_k_maxpool2d_bwd", p, x, dy, dx)
@@ -264,7 +269,8 @@ def bench(lib):
                 yt = F.conv2d(xt, wtt, bt, padding=1)
                 torch.autograd.grad(yt, (xt, wtt, bt), dyt)
             tfb = timeit(tb)
-            print(f"conv N{n} C{c} {h}x{h} M{m} 3x3: ours fwd {ours[0]:.3f} ms, bwd_data {ours[1]:.3f}, "
+            print(f"conv N{n} C{c} {h}x{h} M{m} 3x3: ours fwd {ours[0]:.3f} ms, "
+                  f"bwd_data {ours[1]:.3f}, "
                   f"bwd_weight {ours[2]:.3f} (fwd+bwd {sum(ours):.3f}); torch fwd {tf:.3f} ms, "
                   f"fwd+bwd {tfb:.3f}")
             xp = rng.standard_normal((n, m, h, h)).astype(np.float32)
@@ -281,7 +287,8 @@ def bench(lib):
                 yt = F.max_pool2d(xpt, 2)
                 torch.autograd.grad(yt, xpt, t(dyp))
             tpfb = timeit(tpb)
-            print(f"maxpool N{n} C{m} {h}x{h}: ours fwd {of:.3f} ms, bwd {ob:.3f}; torch fwd {tpf:.3f}, "
+            print(f"maxpool N{n} C{m} {h}x{h}: ours fwd {of:.3f} ms, bwd {ob:.3f}; "
+                  f"torch fwd {tpf:.3f}, "
                   f"fwd+bwd {tpfb:.3f}")
 
 

@@ -104,8 +104,51 @@ static void test_fused_broadcast_and_reduce(void) {
   ad_graph_destroy(g);
 }
 
+/* ReduceSumTo over a long innermost axis takes the ad_k_sum_row path:
+ * x [2, 3, 40] -> [3, 1], summed over axes 0 and 2. */
+static void test_inner_axis_reduce(void) {
+  ad_graph *g = ad_graph_create("test");
+  g->opset = 13;
+  ad_value *x = ad_value_new(g, "x", AD_F32, 3, (int64_t[]){2, 3, 40}, AD_VAL_INPUT);
+  AD_VEC_PUSH(g->inputs, x);
+  ad_attr shape = ad_attr_is("shape", 2, (int64_t[]){3, 1});
+  ad_value *z = node1(g, "ReduceSumTo", 1, (ad_value *[]){x}, &shape, 1);
+  AD_VEC_PUSH(g->outputs, z);
+  ad_program *p = ad_program_create(g, false);
+  char bc[64];
+  snprintf(bc, sizeof bc, "/tmp/test_codegen_r%d.bc", (int)getpid());
+  CHECK(ad_codegen(p, bc) == AD_OK, "codegen: %s", ad_error_message());
+  ad_jit *jit = NULL;
+  CHECK(ad_jit_create(bc, &jit) == AD_OK, "jit: %s", ad_error_message());
+  unlink(bc);
+  void (*fwd)(char *, void *) = NULL;
+  CHECK(ad_jit_lookup(jit, "ad_forward", (void **)&fwd) == AD_OK, "lookup");
+  if (!fwd)
+    return;
+  char *mem = aligned_alloc(64, (size_t)p->mem_bytes);
+  memset(mem, 0, (size_t)p->mem_bytes);
+  float *X = (float *)(mem + p->offset[x->id]);
+  unsigned seed = 11;
+  for (int i = 0; i < 240; i++)
+    X[i] = frand(&seed);
+  fwd(mem, NULL);
+  float *Z = (float *)(mem + p->offset[z->id]);
+  for (int j = 0; j < 3; j++) {
+    double want = 0;
+    for (int i = 0; i < 2; i++)
+      for (int k = 0; k < 40; k++)
+        want += X[(i * 3 + j) * 40 + k];
+    CHECK(fabs(Z[j] - want) <= 1e-5 * (1 + fabs(want)), "z[%d] = %g, want %g", j, Z[j], want);
+  }
+  free(mem);
+  ad_jit_destroy(jit);
+  ad_program_destroy(p);
+  ad_graph_destroy(g);
+}
+
 int main(void) {
   test_fused_broadcast_and_reduce();
+  test_inner_axis_reduce();
   printf("%s\n", failures ? "test_codegen: FAILED" : "test_codegen: ok");
   return failures != 0;
 }

@@ -12,24 +12,24 @@
 #include <string.h>
 
 static int failures;
-#define CHECK(c)                                                            \
-  do {                                                                      \
-    if (!(c)) {                                                             \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-      failures++;                                                           \
-    }                                                                       \
+#define CHECK(c)                                                                                   \
+  do {                                                                                             \
+    if (!(c)) {                                                                                    \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                        \
+      failures++;                                                                                  \
+    }                                                                                              \
   } while (0)
 
 /* The status is `st` and the message is exactly `msg`. */
-#define CHECK_ERR(call, st, msg)                                                      \
-  do {                                                                                \
-    ad_status got_ = (call);                                                          \
-    CHECK(got_ == (st));                                                              \
-    if (strcmp(ad_error_message(), (msg))) {                                          \
-      fprintf(stderr, "%s:%d: message\n  got:  %s\n  want: %s\n", __FILE__, __LINE__, \
-              ad_error_message(), (msg));                                             \
-      failures++;                                                                     \
-    }                                                                                 \
+#define CHECK_ERR(call, st, msg)                                                                   \
+  do {                                                                                             \
+    ad_status got_ = (call);                                                                       \
+    CHECK(got_ == (st));                                                                           \
+    if (strcmp(ad_error_message(), (msg))) {                                                       \
+      fprintf(stderr, "%s:%d: message\n  got:  %s\n  want: %s\n", __FILE__, __LINE__,              \
+              ad_error_message(), (msg));                                                          \
+      failures++;                                                                                  \
+    }                                                                                              \
   } while (0)
 
 static void test_splitmix64_reference_vector(void) {
@@ -74,7 +74,7 @@ static void test_replica_slices_follow_the_stream(void) {
   CHECK(rows[0] == 3 && rows[1] == 8);
   ad_data_replica_rows(&o, 2, 4, 1, 2, rows);
   CHECK(rows[0] == 5 && rows[1] == 7);
-  ad_data_replica_rows(&o, 0, 4, 0, 2, rows);  /* back to epoch 0 */
+  ad_data_replica_rows(&o, 0, 4, 0, 2, rows); /* back to epoch 0 */
   CHECK(rows[0] == 4 && rows[1] == 6);
   ad_data_order_free(&o);
 }
@@ -96,8 +96,9 @@ static ad_status parse(ad_run_opts *o, int argc, const char **argv) {
 
 static void test_options(void) {
   ad_run_opts o;
-  const char *ok[] = {"run", "--data", "x=a.npy", "plan", "--epochs", "3", "--data", "label=b.npy",
-                      "--shuffle", "0x10", "--metrics", "m.jsonl", "--out", "y=y.npy"};
+  const char *ok[] = {"run",       "--data",  "x=a.npy",     "plan",      "--epochs",
+                      "3",         "--data",  "label=b.npy", "--shuffle", "0x10",
+                      "--metrics", "m.jsonl", "--out",       "y=y.npy"};
   CHECK(parse(&o, 14, ok) == AD_OK);
   CHECK(!strcmp(o.plan_dir, "plan") && o.n_data == 2 && o.n_out == 1 && o.epochs == 3);
   CHECK(!strcmp(o.data[1].name, "label") && !strcmp(o.data[1].path, "b.npy"));
@@ -126,7 +127,8 @@ static void test_options(void) {
   CHECK_ERR(parse(&o, 3, noplan), AD_ERR_INPUT,
             "error: missing PLAN_DIR (usage: autodist run PLAN_DIR [options])");
   const char *two_plans[] = {"run", "p1", "p2"};
-  CHECK_ERR(parse(&o, 3, two_plans), AD_ERR_INPUT, "error: unexpected argument 'p2' (the plan is 'p1')");
+  CHECK_ERR(parse(&o, 3, two_plans), AD_ERR_INPUT,
+            "error: unexpected argument 'p2' (the plan is 'p1')");
 }
 
 /* A training plan with input x float32 (b, 3) and label int64 (b), global batch 4. */
@@ -138,8 +140,8 @@ static ad_plan_tensor tensors[] = {
 };
 
 static void test_data_checks(const char *dir) {
-  ad_plan plan = {.training = true, .global_batch = 4, .replicas = 2, .n_tensors = 4,
-                  .tensors = tensors};
+  ad_plan plan = {
+      .training = true, .global_batch = 4, .replicas = 2, .n_tensors = 4, .tensors = tensors};
   char x10[512], x10w[512], l10[512], l9[512], xs[512], lf[512];
   snprintf(x10, sizeof x10, "%s/x10.npy", dir);
   snprintf(x10w, sizeof x10w, "%s/x10w.npy", dir);
@@ -160,10 +162,10 @@ static void test_data_checks(const char *dir) {
   ad_run_opts o;
   ad_npy *arrays = NULL;
   int64_t n = 0;
-#define OPTS(...)                                                    \
-  do {                                                               \
-    const char *argv_[] = {"run", "plan", __VA_ARGS__};              \
-    CHECK(parse(&o, (int)(sizeof argv_ / sizeof *argv_), argv_) == AD_OK); \
+#define OPTS(...)                                                                                  \
+  do {                                                                                             \
+    const char *argv_[] = {"run", "plan", __VA_ARGS__};                                            \
+    CHECK(parse(&o, (int)(sizeof argv_ / sizeof *argv_), argv_) == AD_OK);                         \
   } while (0)
 
   snprintf(a1, sizeof a1, "x=%s", x10);
@@ -171,14 +173,14 @@ static void test_data_checks(const char *dir) {
   OPTS("--data", a1, "--data", a2, "--epochs", "3");
   CHECK(ad_run_data_load(&plan, &o, &arrays, &n) == AD_OK);
   CHECK(n == 10 && arrays[0].dims[1] == 3 && !strcmp(arrays[1].dtype, "int64"));
-  CHECK(ad_run_steps(&plan, &o, n) == 8);  /* ceil(3 * 10 / 4) */
+  CHECK(ad_run_steps(&plan, &o, n) == 8); /* ceil(3 * 10 / 4) */
   ad_npy_free(&arrays[0]);
   ad_npy_free(&arrays[1]);
   free(arrays);
   ad_run_opts_free(&o);
 
   OPTS("--data", a1);
-  CHECK(ad_run_steps(&plan, &o, 10) == 3);  /* one epoch: ceil(10 / 4) */
+  CHECK(ad_run_steps(&plan, &o, 10) == 3); /* one epoch: ceil(10 / 4) */
   CHECK_ERR(ad_run_data_load(&plan, &o, &arrays, &n), AD_ERR_INPUT,
             "error: missing --data label=FILE.npy (label int64 (N,) of the plan)");
   ad_run_opts_free(&o);
@@ -212,7 +214,8 @@ static void test_data_checks(const char *dir) {
   OPTS("--data", a1, "--data", a2);
   snprintf(msg, sizeof msg,
            "%s: error: 9 samples, but %s has 10 (the data files must have the same number of "
-           "samples)", l9, x10);
+           "samples)",
+           l9, x10);
   CHECK_ERR(ad_run_data_load(&plan, &o, &arrays, &n), AD_ERR_INPUT, msg);
   ad_run_opts_free(&o);
 
@@ -221,8 +224,8 @@ static void test_data_checks(const char *dir) {
   CHECK(ad_npy_save(l3, "int64", 1, (int64_t[]){3}, lx) == AD_OK);
   snprintf(a1, sizeof a1, "x=%s", xs);
   snprintf(a2, sizeof a2, "label=%s", l3);
-  snprintf(msg, sizeof msg,
-           "%s: error: 3 samples, fewer than one global batch (4) of the plan", xs);
+  snprintf(msg, sizeof msg, "%s: error: 3 samples, fewer than one global batch (4) of the plan",
+           xs);
   OPTS("--data", a1, "--data", a2);
   CHECK_ERR(ad_run_data_load(&plan, &o, &arrays, &n), AD_ERR_INPUT, msg);
   ad_run_opts_free(&o);

@@ -3,9 +3,10 @@
  * implementation written here (direct convolution loops, window scans,
  * index-by-index transpose and pad), computed in double, on random shapes that
  * cover strides, padding, dilation, groups and the kernels' special paths
- * (pointwise convolution, batched im2col, 2x2 pooling, blocked softmax,
- * merged-axis transpose). Outputs are pre-filled with NaN so that a kernel
- * that fails to overwrite shows up, and conv workspaces carry a guard zone.
+ * (pointwise convolution, flat im2col of stride-1 'same' convolutions, bias
+ * folded into the GEMM, 2x2 pooling, blocked softmax, merged-axis transpose).
+ * Outputs are pre-filled with NaN so that a kernel that fails to overwrite
+ * shows up, and conv workspaces carry a guard zone.
  * Tolerance: |got - ref| <= 1e-5 * (|ref| + 1) (inputs are in [-1, 1]).
  */
 #include "runtime/kernels.h"
@@ -94,7 +95,7 @@ static void test_gemm(void) {
           }
           ref[ci] = alpha * s + (beta == 0.0f ? 0.0 : beta * c[ci]);
         }
-    const int64_t p[14] = {ta,  tb,  m, n, k, lda, ldb, ldc, ad_k_slot(alpha), ad_k_slot(beta),
+    const int64_t p[14] = {ta,    tb, m,  n, k, lda, ldb, ldc, ad_k_slot(alpha), ad_k_slot(beta),
                            batch, sa, sb, sc};
     ad_k_gemm(p, a, b, c);
     char desc[160];
@@ -127,8 +128,8 @@ static void run_conv_case(const conv_case *cc) {
   const int64_t ow = (cc->w + cc->pl + cc->pr - cc->dw * (cc->kw - 1) - 1) / cc->sw + 1;
   if (oh < 1 || ow < 1)
     return;
-  const int64_t p[16] = {cc->n,  cc->c,  cc->h,  cc->w,  cc->m,  cc->kh, cc->kw, oh,
-                         ow,     cc->sh, cc->sw, cc->pt, cc->pl, cc->dh, cc->dw, cc->g};
+  const int64_t p[16] = {cc->n, cc->c,  cc->h,  cc->w,  cc->m,  cc->kh, cc->kw, oh,
+                         ow,    cc->sh, cc->sw, cc->pt, cc->pl, cc->dh, cc->dw, cc->g};
   const int64_t cg = cc->c / cc->g, mg = cc->m / cc->g;
   const int64_t xsz = cc->n * cc->c * cc->h * cc->w, ysz = cc->n * cc->m * oh * ow;
   const int64_t wsz = cc->m * cg * cc->kh * cc->kw;
@@ -166,10 +167,10 @@ static void run_conv_case(const conv_case *cc) {
   snprintf(desc, sizeof desc,
            "N%lld C%lld %lldx%lld M%lld k%lldx%lld s%lld,%lld p%lld,%lld,%lld,%lld d%lld,%lld "
            "g%lld",
-           (long long)cc->n, (long long)cc->c, (long long)cc->h, (long long)cc->w,
-           (long long)cc->m, (long long)cc->kh, (long long)cc->kw, (long long)cc->sh,
-           (long long)cc->sw, (long long)cc->pt, (long long)cc->pl, (long long)cc->pb,
-           (long long)cc->pr, (long long)cc->dh, (long long)cc->dw, (long long)cc->g);
+           (long long)cc->n, (long long)cc->c, (long long)cc->h, (long long)cc->w, (long long)cc->m,
+           (long long)cc->kh, (long long)cc->kw, (long long)cc->sh, (long long)cc->sw,
+           (long long)cc->pt, (long long)cc->pl, (long long)cc->pb, (long long)cc->pr,
+           (long long)cc->dh, (long long)cc->dw, (long long)cc->g);
   float *y = nan_buf(ysz), *dx = nan_buf(xsz), *dw = nan_buf(wsz);
   ad_k_conv2d_fwd(p, x, w, b, y, ws);
   check("conv2d_fwd", desc, y, yref, ysz);
@@ -222,7 +223,7 @@ static void test_conv(void) {
       /* 1x1 but strided or padded: goes through im2col. */
       {2, 4, 5, 5, 4, 1, 1, 2, 2, 0, 0, 0, 0, 1, 1, 1},
       {2, 4, 5, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2},
-      /* Many small images: batched im2col path, with a ragged last batch. */
+      /* Many small images; a non-square kernel with mixed strides and dilations. */
       {37, 3, 6, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
       {9, 4, 5, 4, 6, 2, 3, 1, 2, 0, 1, 1, 0, 2, 1, 2},
       /* The benchmark CNN's layers on a small batch. */
@@ -297,9 +298,8 @@ static void test_pool(void) {
         }
     char desc[160];
     snprintf(desc, sizeof desc, "%lldx%lld k%lldx%lld s%lld,%lld p%lld,%lld d%lld,%lld inc%lld",
-             (long long)h, (long long)w, (long long)kh, (long long)kw, (long long)sh,
-             (long long)sw, (long long)pt, (long long)pl, (long long)dh, (long long)dw,
-             (long long)inc);
+             (long long)h, (long long)w, (long long)kh, (long long)kw, (long long)sh, (long long)sw,
+             (long long)pt, (long long)pl, (long long)dh, (long long)dw, (long long)inc);
     float *y = nan_buf(ysz), *dx = nan_buf(xsz);
     ad_k_maxpool2d_fwd(p, x, y);
     check("maxpool2d_fwd", desc, y, ymax, ysz);
@@ -319,8 +319,8 @@ static void test_pool(void) {
   ad_k_maxpool2d_fwd(p, x, y);
   ad_k_maxpool2d_bwd(p, x, dy, dx);
   if (!isnan(y[0]) || y[1] != 8 || dx[1] != 1 || dx[0] != 0 || dx[7] != 1) {
-    printf("FAIL maxpool2d NaN: y = {%g, %g}, dx[0,1,7] = {%g, %g, %g}\n", y[0], y[1], dx[0],
-           dx[1], dx[7]);
+    printf("FAIL maxpool2d NaN: y = {%g, %g}, dx[0,1,7] = {%g, %g, %g}\n", y[0], y[1], dx[0], dx[1],
+           dx[7]);
     failures++;
   }
 }
@@ -328,8 +328,8 @@ static void test_pool(void) {
 /* ---- softmax, log-softmax, cross entropy ---- */
 
 static void test_softmax(void) {
-  const int64_t shapes[][3] = {{1, 1, 1}, {3, 10, 1}, {2, 5, 3}, {2, 7, 70}, {1, 129, 1},
-                               {4, 3, 200}};
+  const int64_t shapes[][3] = {{1, 1, 1},  {3, 10, 1},  {2, 5, 3},
+                               {2, 7, 70}, {1, 129, 1}, {4, 3, 200}};
   for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
     const int64_t *p = shapes[t];
     const int64_t sz = p[0] * p[1] * p[2];
@@ -519,6 +519,24 @@ static void test_pad(void) {
   }
 }
 
+/* ad_k_sum_row (runtime/kernels_reduce.c): accumulates into y[0]. */
+static void test_sum_row(void) {
+  const int64_t lens[] = {0, 1, 7, 8, 9, 100, 1001};
+  for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+    const int64_t n = lens[t];
+    float *x = rnd_buf(n), y = 0.25f;
+    double ref = 0.25;
+    for (int64_t i = 0; i < n; i++)
+      ref += x[i];
+    const int64_t p[1] = {n};
+    ad_k_sum_row(p, x, &y);
+    char desc[32];
+    snprintf(desc, sizeof desc, "n=%lld", (long long)n);
+    check("sum_row", desc, &y, &ref, 1);
+    free(x);
+  }
+}
+
 int main(void) {
   test_gemm();
   test_conv();
@@ -527,6 +545,7 @@ int main(void) {
   test_xent();
   test_transpose();
   test_pad();
+  test_sum_row();
   if (failures) {
     printf("test_kernels: %d failure(s)\n", failures);
     return 1;

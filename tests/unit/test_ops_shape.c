@@ -95,7 +95,7 @@ static void expect_shape_(int line, ad_status st, const ad_value *y, int rank,
 #define EXPECT_SCALAR(call, y)                                                                     \
   do {                                                                                             \
     ad_status st_ = (call);                                                                        \
-    expect_shape_(__LINE__, st_, y, 0, NULL);                                                      \
+    expect_shape_(__LINE__, st_, y, 0, (const int64_t[]){0});                                      \
   } while (0)
 
 static void expect_error_(int line, ad_status st, const char *msg) {
