@@ -21,6 +21,10 @@
 
 #include <llvm-c/Core.h>
 
+/* The ONNX opsets of the default domain that autodist accepts. */
+#define AD_OPSET_MIN 11
+#define AD_OPSET_MAX 17
+
 typedef struct ad_cg ad_cg;     /* codegen state, see codegen.h */
 typedef struct ad_grad ad_grad; /* autodiff state, see below */
 
@@ -34,8 +38,8 @@ typedef enum ad_lower_kind {
 } ad_lower_kind;
 
 typedef struct ad_op {
-  const char *name;    /* op_type */
-  const char *domain;  /* "" ONNX, "ad" internal */
+  const char *name;         /* op_type */
+  const char *domain;       /* "" ONNX, "ad" internal */
   int min_opset, max_opset; /* ONNX opsets this entry implements (0,0 for internal) */
   int min_in, max_in, n_out;
   /* Checks attributes and input dtypes/ranks; sets out[i] dtype/rank/dims. Errors
@@ -87,8 +91,9 @@ ad_value *ad_grad_emit(ad_grad *gc, const char *op_type, int n_in, ad_value *con
 ad_graph *ad_grad_graph(ad_grad *gc);
 
 /* Common infer helpers shared by op families (implemented in ops/common.c). */
-ad_status ad_infer_broadcast(ad_graph *g, ad_node *n); /* out = broadcast of all inputs, dtype of in[0] */
-ad_status ad_infer_same(ad_graph *g, ad_node *n);      /* out = shape/dtype of in[0] */
+ad_status ad_infer_broadcast(ad_graph *g,
+                             ad_node *n); /* out = broadcast of all inputs, dtype of in[0] */
+ad_status ad_infer_same(ad_graph *g, ad_node *n);            /* out = shape/dtype of in[0] */
 ad_status ad_infer_need_f32(ad_graph *g, ad_node *n, int i); /* input i is float32 */
 
 #endif

@@ -20,8 +20,6 @@
 
 #include <string.h>
 
-#define OPSET_MAX 17
-
 /* Geometry of a 1-D or 2-D window op, always as 2-D (a 1-D op has H = 1). */
 typedef struct geom {
   int sp;                 /* spatial rank of the ONNX op: 1 or 2 */
@@ -501,7 +499,7 @@ static void cost_pool(const ad_node *n, double *flops, double *bytes) {
 
 #define ONNX_OP(NAME, MINI, MAXI, NOUT, INFER, GRAD, LOWER, COST)                                  \
   {                                                                                                \
-    .name = NAME, .domain = "", .min_opset = 1, .max_opset = OPSET_MAX, .min_in = MINI,            \
+    .name = NAME, .domain = "", .min_opset = 1, .max_opset = AD_OPSET_MAX, .min_in = MINI,         \
     .max_in = MAXI, .n_out = NOUT, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_CALL,      \
     .lower = LOWER, .cost = COST                                                                   \
   }

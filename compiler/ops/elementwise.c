@@ -56,7 +56,9 @@ static LLVMValueRef emit_div(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
 static LLVMValueRef emit_neg(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return LLVMBuildFNeg(ad_cg_builder(cg), in[0], "");
 }
-static LLVMValueRef emit_copy(ad_cg *cg, const ad_node *n, LLVMValueRef *in) { return in[0]; }
+static LLVMValueRef emit_copy(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
+  return in[0];
+}
 static LLVMValueRef emit_scale(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return LLVMBuildFMul(ad_cg_builder(cg), in[0], ad_cg_f32(cg, ad_attr_float(n, "alpha", 1)), "");
 }
@@ -209,13 +211,17 @@ static void cost_ew(const ad_node *n, double *flops, double *bytes) {
       *bytes += (double)ad_value_bytes(n->in[i]);
 }
 
-#define ONNX_EW(NAME, NIN, INFER, GRAD, EMIT)                                                   \
-  {.name = NAME, .domain = "", .min_opset = 1, .max_opset = 17, .min_in = NIN, .max_in = NIN,   \
-   .n_out = 1, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_EW, .emit = EMIT,           \
-   .cost = cost_ew}
-#define INTERNAL_EW(NAME, NIN, INFER, GRAD, EMIT)                                               \
-  {.name = NAME, .domain = "ad", .min_in = NIN, .max_in = NIN, .n_out = 1, .infer = INFER,      \
-   .grad = GRAD, .lower_kind = AD_LOWER_EW, .emit = EMIT, .cost = cost_ew}
+#define ONNX_EW(NAME, NIN, INFER, GRAD, EMIT)                                                      \
+  {                                                                                                \
+    .name = NAME, .domain = "", .min_opset = 1, .max_opset = AD_OPSET_MAX, .min_in = NIN,          \
+    .max_in = NIN, .n_out = 1, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_EW,            \
+    .emit = EMIT, .cost = cost_ew                                                                  \
+  }
+#define INTERNAL_EW(NAME, NIN, INFER, GRAD, EMIT)                                                  \
+  {                                                                                                \
+    .name = NAME, .domain = "ad", .min_in = NIN, .max_in = NIN, .n_out = 1, .infer = INFER,        \
+    .grad = GRAD, .lower_kind = AD_LOWER_EW, .emit = EMIT, .cost = cost_ew                         \
+  }
 
 const ad_op ad_ops_elementwise[] = {
     ONNX_EW("Add", 2, infer_binary, grad_add, emit_add),
@@ -232,8 +238,14 @@ const ad_op ad_ops_elementwise[] = {
     INTERNAL_EW("Scale", 1, infer_unary, grad_scale, emit_scale),
     INTERNAL_EW("Copy", 1, infer_unary, grad_copy, emit_copy),
     INTERNAL_EW("BroadcastTo", 1, infer_broadcast_to, NULL, emit_copy),
-    {.name = "ReduceSumTo", .domain = "ad", .min_in = 1, .max_in = 1, .n_out = 1,
-     .infer = infer_reduce_to, .grad = grad_reduce_to, .lower_kind = AD_LOWER_REDUCE_SUM,
+    {.name = "ReduceSumTo",
+     .domain = "ad",
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_reduce_to,
+     .grad = grad_reduce_to,
+     .lower_kind = AD_LOWER_REDUCE_SUM,
      .cost = cost_ew},
     {0},
 };

@@ -19,7 +19,6 @@
 
 #include <string.h>
 
-#define OPSET_MAX 17
 /* At most this many unrolled kernel calls for one MatMul. */
 #define MATMUL_MAX_CALLS 4096
 
@@ -364,7 +363,7 @@ const ad_op ad_ops_linear[] = {
     {.name = "Gemm",
      .domain = "",
      .min_opset = 1,
-     .max_opset = OPSET_MAX,
+     .max_opset = AD_OPSET_MAX,
      .min_in = 2,
      .max_in = 3,
      .n_out = 1,
@@ -376,7 +375,7 @@ const ad_op ad_ops_linear[] = {
     {.name = "MatMul",
      .domain = "",
      .min_opset = 1,
-     .max_opset = OPSET_MAX,
+     .max_opset = AD_OPSET_MAX,
      .min_in = 2,
      .max_in = 2,
      .n_out = 1,

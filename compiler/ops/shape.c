@@ -15,8 +15,6 @@
 
 #include <string.h>
 
-#define OPSET_MAX 17
-
 /* ---- helpers ---- */
 
 /* An int64 1-D constant holding `dims`: the shape input of a gradient Reshape. */
@@ -386,7 +384,7 @@ static ad_status lower_pad_grad(ad_cg *cg, const ad_node *n) {
 
 #define VIEW(NAME, MINOP, MINI, MAXI, NOUT, INFER, GRAD)                                           \
   {                                                                                                \
-    .name = NAME, .domain = "", .min_opset = MINOP, .max_opset = OPSET_MAX, .min_in = MINI,        \
+    .name = NAME, .domain = "", .min_opset = MINOP, .max_opset = AD_OPSET_MAX, .min_in = MINI,     \
     .max_in = MAXI, .n_out = NOUT, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_ALIAS,     \
     .cost = NULL                                                                                   \
   }
@@ -399,7 +397,7 @@ const ad_op ad_ops_shape[] = {
     {.name = "Transpose",
      .domain = "",
      .min_opset = 1,
-     .max_opset = OPSET_MAX,
+     .max_opset = AD_OPSET_MAX,
      .min_in = 1,
      .max_in = 1,
      .n_out = 1,
@@ -411,7 +409,7 @@ const ad_op ad_ops_shape[] = {
     {.name = "Pad",
      .domain = "",
      .min_opset = 11,
-     .max_opset = OPSET_MAX,
+     .max_opset = AD_OPSET_MAX,
      .min_in = 2,
      .max_in = 4,
      .n_out = 1,

@@ -16,8 +16,6 @@
 
 #include <string.h>
 
-#define OPSET_MAX 17
-
 /* Normalized axis and legacy flag of a forward or gradient node. */
 static ad_status softmax_axis(ad_graph *g, const ad_node *n, int rank, int *axis, int *legacy) {
   int internal = !strcmp(n->domain, "ad");
@@ -115,9 +113,9 @@ static void cost_softmax(const ad_node *n, double *flops, double *bytes) {
 
 const ad_op ad_ops_softmax[] = {
     SOFTMAX("Softmax", 1, 12),
-    SOFTMAX("Softmax", 13, OPSET_MAX),
+    SOFTMAX("Softmax", 13, AD_OPSET_MAX),
     SOFTMAX("LogSoftmax", 1, 12),
-    SOFTMAX("LogSoftmax", 13, OPSET_MAX),
+    SOFTMAX("LogSoftmax", 13, AD_OPSET_MAX),
     SOFTMAX_GRAD("SoftmaxGrad"),
     SOFTMAX_GRAD("LogSoftmaxGrad"),
     {0},

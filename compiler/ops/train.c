@@ -24,8 +24,7 @@ static ad_status infer_xent(ad_graph *g, ad_node *n) {
 }
 
 static ad_status lower_xent(ad_cg *cg, const ad_node *n) {
-  int64_t p[3] = {n->in[0]->dims[0], n->in[0]->dims[1],
-                  ad_k_slot(ad_attr_float(n, "scale", 1))};
+  int64_t p[3] = {n->in[0]->dims[0], n->in[0]->dims[1], ad_k_slot(ad_attr_float(n, "scale", 1))};
   LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->in[1]),
                           ad_cg_ptr(cg, n->out[0])};
   ad_cg_call_kernel(cg, "ad_k_xent_fwd", p, 3, ptrs, 3);
@@ -39,13 +38,14 @@ static ad_status grad_xent(ad_grad *gc, const ad_node *n) {
   return AD_OK;
 }
 
-static ad_status infer_xent_grad(ad_graph *g, ad_node *n) { return ad_infer_same(g, n); }
+static ad_status infer_xent_grad(ad_graph *g, ad_node *n) {
+  return ad_infer_same(g, n);
+}
 
 static ad_status lower_xent_grad(ad_cg *cg, const ad_node *n) {
-  int64_t p[3] = {n->in[0]->dims[0], n->in[0]->dims[1],
-                  ad_k_slot(ad_attr_float(n, "scale", 1))};
-  LLVMValueRef ptrs[4] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->in[1]),
-                          ad_cg_ptr(cg, n->in[2]), ad_cg_ptr(cg, n->out[0])};
+  int64_t p[3] = {n->in[0]->dims[0], n->in[0]->dims[1], ad_k_slot(ad_attr_float(n, "scale", 1))};
+  LLVMValueRef ptrs[4] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->in[1]), ad_cg_ptr(cg, n->in[2]),
+                          ad_cg_ptr(cg, n->out[0])};
   ad_cg_call_kernel(cg, "ad_k_xent_bwd", p, 3, ptrs, 4);
   return AD_OK;
 }
@@ -57,12 +57,14 @@ static void cost_xent(const ad_node *n, double *flops, double *bytes) {
 
 /* ---- optimizer updates ---- */
 
-static ad_status infer_none(ad_graph *g, ad_node *n) { return AD_OK; }
+static ad_status infer_none(ad_graph *g, ad_node *n) {
+  return AD_OK;
+}
 
 typedef struct {
   const ad_node *n;
   LLVMValueRef ptr[4];
-  LLVMValueRef first_step; /* i1: step == 1 */
+  LLVMValueRef first_step;                 /* i1: step == 1 */
   LLVMValueRef step_size, bc2_sqrt, decay; /* Adam's per-step scalars */
 } update_ctx;
 
@@ -135,7 +137,8 @@ static void adam_body(ad_cg *cg, LLVMValueRef i, void *vctx) {
   store_at(cg, c->ptr[2], i, m);
   store_at(cg, c->ptr[3], i, v);
   LLVMValueRef sq = ad_cg_intrinsic(cg, "llvm.sqrt.f32", 1, &v);
-  LLVMValueRef denom = LLVMBuildFAdd(b, LLVMBuildFDiv(b, sq, c->bc2_sqrt, ""), ad_cg_f32(cg, eps), "");
+  LLVMValueRef denom =
+      LLVMBuildFAdd(b, LLVMBuildFDiv(b, sq, c->bc2_sqrt, ""), ad_cg_f32(cg, eps), "");
   LLVMValueRef upd = LLVMBuildFMul(b, LLVMBuildFDiv(b, m, denom, ""), c->step_size, "");
   store_at(cg, c->ptr[0], i, LLVMBuildFSub(b, p, upd, ""));
 }
@@ -220,9 +223,11 @@ static ad_status lower_allreduce_wait(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-#define INTERNAL_CALL(NAME, MIN, MAX, NOUT, INFER, GRAD, LOWER, COST)                          \
-  {.name = NAME, .domain = "ad", .min_in = MIN, .max_in = MAX, .n_out = NOUT, .infer = INFER,  \
-   .grad = GRAD, .lower_kind = AD_LOWER_CALL, .lower = LOWER, .cost = COST}
+#define INTERNAL_CALL(NAME, MIN, MAX, NOUT, INFER, GRAD, LOWER, COST)                              \
+  {                                                                                                \
+    .name = NAME, .domain = "ad", .min_in = MIN, .max_in = MAX, .n_out = NOUT, .infer = INFER,     \
+    .grad = GRAD, .lower_kind = AD_LOWER_CALL, .lower = LOWER, .cost = COST                        \
+  }
 
 const ad_op ad_ops_train[] = {
     INTERNAL_CALL("SoftmaxCrossEntropy", 2, 2, 1, infer_xent, grad_xent, lower_xent, cost_xent),
