@@ -77,6 +77,14 @@ void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket) {
   record(c, c->backend->allreduce_wait(c->ctx, bucket));
 }
 
+void ad_comm_allreduce(ad_comm *c, float *buf, int64_t count) {
+  AD_ASSERT(count >= 0);
+  if (c->size == 1 || c->failed != AD_OK)
+    return;
+  c->bytes += count * (int64_t)sizeof(float);
+  record(c, c->backend->allreduce(c->ctx, buf, count));
+}
+
 ad_status ad_comm_check(const ad_comm *c) {
   if (c->failed == AD_OK)
     return AD_OK;
@@ -123,4 +131,8 @@ void ad_rt_allreduce_start(void *rt, int64_t bucket, float *buf, int64_t count) 
 
 void ad_rt_allreduce_wait(void *rt, int64_t bucket) {
   ad_comm_allreduce_wait(rt, bucket);
+}
+
+void ad_rt_allreduce(void *rt, float *buf, int64_t count) {
+  ad_comm_allreduce(rt, buf, count);
 }

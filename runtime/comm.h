@@ -36,6 +36,9 @@ typedef struct ad_comm_backend {
   ad_status (*allreduce_start)(void *ctx, int64_t bucket, float *buf, int64_t count);
   /* Blocks until `bucket` (started before) is reduced. */
   ad_status (*allreduce_wait)(void *ctx, int64_t bucket);
+  /* Blocking in-place sum of `count` floats at `buf` (a bucket with nothing
+   * left to overlap with). */
+  ad_status (*allreduce)(void *ctx, float *buf, int64_t count);
   /* Blocking in-place sum of n doubles over all ranks. */
   ad_status (*sum_f64)(void *ctx, double *vals, int n);
   /* Blocking gather of `bytes` bytes from every rank into `recv` on rank 0, in
@@ -67,6 +70,8 @@ const char *ad_comm_backend_name(const ad_comm *c);
  * reported by ad_comm_check (generated code cannot take a status). */
 void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, float *buf, int64_t count);
 void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket);
+/* Blocking all-reduce (what ad_rt_allreduce calls); counts like start. */
+void ad_comm_allreduce(ad_comm *c, float *buf, int64_t count);
 /* AD_OK, or the first failure recorded since the handle was created. */
 ad_status ad_comm_check(const ad_comm *c);
 

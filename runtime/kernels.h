@@ -95,5 +95,8 @@ void ad_k_sum_row(const int64_t *p, const float *x, float *y);
  * Every rank starts the same buckets in the same order. */
 void ad_rt_allreduce_start(void *rt, int64_t bucket, float *buf, int64_t count);
 void ad_rt_allreduce_wait(void *rt, int64_t bucket);
+/* Blocking form, for a bucket whose start would be followed by its wait with no
+ * compute in between. */
+void ad_rt_allreduce(void *rt, float *buf, int64_t count);
 
 #endif

@@ -5,7 +5,9 @@
  * the backward pass finishes them, cut into buckets of at most bucket_mb; the
  * all-reduce of a bucket starts right after the node that completes it, so it
  * overlaps the rest of the backward pass, and is waited for just before that
- * bucket's optimizer updates.
+ * bucket's optimizer updates. A bucket completed by the last backward node has
+ * nothing to overlap with and uses the blocking all-reduce, which MPI
+ * implementations run faster than their non-blocking one.
  */
 #include "strategy.h"
 
@@ -13,6 +15,7 @@
 #include "../compiler/train.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* A gradient must own its buffer so that buckets can be laid out contiguously:
  * copy it when it is a constant (a parameter the loss does not reach), a view
@@ -54,8 +57,8 @@ ad_status ad_strategy_allreduce(ad_program *p, const ad_train_config *cfg,
     cur->count++;
     bytes += b;
   }
+  unsigned char *overlap = ad_xcalloc((size_t)p->n_buckets + 1, 1);
   if (p->replicas > 1) {
-    /* Position of each node, to start a bucket right after its last gradient. */
     for (int bi = 0; bi < p->n_buckets; bi++) {
       ad_bucket *bk = &p->buckets[bi];
       int after = -1;
@@ -64,17 +67,20 @@ ad_status ad_strategy_allreduce(ad_program *p, const ad_train_config *cfg,
           for (int o = 0; o < g->nodes.data[k]->n_out; o++)
             if (g->nodes.data[k]->out[o] == p->grads[j] && k > after)
               after = k;
+      /* Non-blocking only when backward compute remains to overlap with. */
+      for (int k = after + 1; k < g->nodes.len; k++)
+        overlap[bi] |= strncmp(g->nodes.data[k]->op_type, "AllReduce", 9) != 0;
       ad_attr a = ad_attr_i("bucket", bi);
       ad_node *n;
-      ad_status st = ad_node_add(g, NULL, "AllReduceStart", bk->count, &p->grads[bk->first], 0,
-                                 &a, 1, &n);
+      ad_status st = ad_node_add(g, NULL, overlap[bi] ? "AllReduceStart" : "AllReduce", bk->count,
+                                 &p->grads[bk->first], 0, &a, 1, &n);
       AD_ASSERT(st == AD_OK);
       ad_graph_move_last(g, after + 1);
     }
   }
   for (int bi = 0; bi < p->n_buckets; bi++) {
     ad_bucket *bk = &p->buckets[bi];
-    if (p->replicas > 1) {
+    if (overlap[bi]) {
       ad_attr a = ad_attr_i("bucket", bi);
       ad_status st = ad_node_add(g, NULL, "AllReduceWait", 0, NULL, 0, &a, 1, NULL);
       AD_ASSERT(st == AD_OK);
@@ -82,5 +88,6 @@ ad_status ad_strategy_allreduce(ad_program *p, const ad_train_config *cfg,
     for (int j = bk->first; j < bk->first + bk->count; j++)
       ad_train_add_update(p, cfg, j);
   }
+  free(overlap);
   return AD_OK;
 }

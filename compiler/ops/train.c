@@ -190,23 +190,32 @@ static void cost_update(const ad_node *n, double *flops, double *bytes) {
 }
 
 /* ---- all-reduce of one gradient bucket (inputs: the bucket's gradients,
- * contiguous in memory by the memory plan) ---- */
+ * contiguous in memory by the memory plan): AllReduceStart/AllReduceWait
+ * around compute it overlaps with, or blocking AllReduce ---- */
 
 static ad_status lower_allreduce_start(ad_cg *cg, const ad_node *n) {
   LLVMBuilderRef b = ad_cg_builder(cg);
   int64_t count = 0;
   for (int i = 0; i < n->n_in; i++)
     count += ad_value_numel(n->in[i]);
+  int blocking = !strcmp(n->op_type, "AllReduce");
+  const char *name = blocking ? "ad_rt_allreduce" : "ad_rt_allreduce_start";
   LLVMTypeRef params[4] = {ad_cg_ptr_type(cg), ad_cg_i64_type(cg), ad_cg_ptr_type(cg),
                            ad_cg_i64_type(cg)};
-  LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ad_cg_context(cg)), params, 4, 0);
+  if (blocking) { /* (rt, buf, count) */
+    params[1] = ad_cg_ptr_type(cg);
+    params[2] = ad_cg_i64_type(cg);
+  }
+  LLVMTypeRef fty =
+      LLVMFunctionType(LLVMVoidTypeInContext(ad_cg_context(cg)), params, blocking ? 3 : 4, 0);
   LLVMModuleRef mod = ad_cg_module(cg);
-  LLVMValueRef fn = LLVMGetNamedFunction(mod, "ad_rt_allreduce_start");
+  LLVMValueRef fn = LLVMGetNamedFunction(mod, name);
   if (!fn)
-    fn = LLVMAddFunction(mod, "ad_rt_allreduce_start", fty);
-  LLVMValueRef args[4] = {ad_cg_rt(cg), ad_cg_i64(cg, ad_attr_int(n, "bucket", 0)),
-                          ad_cg_ptr(cg, n->in[0]), ad_cg_i64(cg, count)};
-  LLVMBuildCall2(b, fty, fn, args, 4, "");
+    fn = LLVMAddFunction(mod, name, fty);
+  LLVMValueRef start_args[4] = {ad_cg_rt(cg), ad_cg_i64(cg, ad_attr_int(n, "bucket", 0)),
+                                ad_cg_ptr(cg, n->in[0]), ad_cg_i64(cg, count)};
+  LLVMValueRef block_args[3] = {ad_cg_rt(cg), ad_cg_ptr(cg, n->in[0]), ad_cg_i64(cg, count)};
+  LLVMBuildCall2(b, fty, fn, blocking ? block_args : start_args, blocking ? 3 : 4, "");
   return AD_OK;
 }
 
@@ -237,5 +246,6 @@ const ad_op ad_ops_train[] = {
     INTERNAL_CALL("AdamUpdate", 4, 4, 0, infer_none, NULL, lower_update, cost_update),
     INTERNAL_CALL("AllReduceStart", 1, 1 << 20, 0, infer_none, NULL, lower_allreduce_start, NULL),
     INTERNAL_CALL("AllReduceWait", 0, 0, 0, infer_none, NULL, lower_allreduce_wait, NULL),
+    INTERNAL_CALL("AllReduce", 1, 1 << 20, 0, infer_none, NULL, lower_allreduce_start, NULL),
     {0},
 };
