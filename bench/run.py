@@ -25,7 +25,7 @@ the rounds of:
 Compilation (autodist compile) and process start-up are outside the timings.
 Every contender runs with OMP/OpenBLAS/MKL threads set to 1.
 
-    /usr/bin/python3 bench/run.py [--rounds 3] [--models mlp,cnn] [--autodist PATH]
+    /usr/bin/python3 bench/run.py [--rounds 3] [--models mlp,cnn] [--autodist PATH] [--keep]
 
 AUTODIST (or build/autodist) is the binary. A full run takes about 3-5 minutes
 on two cores.
@@ -319,6 +319,7 @@ def main(argv):
   ap.add_argument("--models", default="mlp,cnn")
   ap.add_argument("--autodist", default=common.autodist_path())
   ap.add_argument("--json", help="also write every measurement here")
+  ap.add_argument("--keep", action="store_true", help="keep the work folder (plans, logs)")
   a = ap.parse_args(argv[1:])
   a.models = a.models.split(",")
   work = tempfile.mkdtemp(prefix="ad-bench-")
@@ -331,7 +332,12 @@ def main(argv):
   for r in range(a.rounds):
     b.round(r)
   b.report()
-  print("\n(total %.0f s; work files in %s)" % (time.time() - t0, work))
+  if b.failed or a.keep:
+    print("\n(total %.0f s; work files in %s)" % (time.time() - t0, work))
+  else:
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    print("\n(total %.0f s)" % (time.time() - t0))
   return 1 if b.failed else 0
 
 

@@ -86,7 +86,8 @@ def op_cases():
   c.append(Case("gemm_bias_vec", "Gemm", {"x": a}, inits={"B": b, "C": rand(5)}))
   c.append(Case("gemm_transA", "Gemm", {"x": rand(6, 4)}, {"transA": 1},
                 inits={"B": b, "C": rand(5)}))
-  c.append(Case("gemm_transB_alpha_beta", "Gemm", {"x": a}, {"transB": 1, "alpha": 0.5, "beta": 2.0},
+  c.append(Case("gemm_transB_alpha_beta", "Gemm", {"x": a},
+                {"transB": 1, "alpha": 0.5, "beta": 2.0},
                 inits={"B": rand(5, 6), "C": rand(4, 5)}))
   c.append(Case("gemm_transAB_C_col", "Gemm", {"x": rand(6, 4)}, {"transA": 1, "transB": 1},
                 inits={"B": rand(5, 6), "C": rand(4, 1)}))
@@ -170,7 +171,8 @@ def op_cases():
     c.append(Case("reshape_%d" % i, "Reshape", {"x": rand(2, 3, 4)},
                   inits={"shape": np.array(shape, dtype=np.int64)}))
   c.append(Case("transpose_2d", "Transpose", {"x": rand(3, 4)}, {"perm": [1, 0]}))
-  c.append(Case("transpose_nchw_nhwc", "Transpose", {"x": rand(2, 3, 4, 5)}, {"perm": [0, 2, 3, 1]}))
+  c.append(Case("transpose_nchw_nhwc", "Transpose", {"x": rand(2, 3, 4, 5)},
+                {"perm": [0, 2, 3, 1]}))
   c.append(Case("transpose_3d", "Transpose", {"x": rand(2, 3, 4)}, {"perm": [2, 0, 1]}))
   c.append(Case("transpose_default", "Transpose", {"x": rand(2, 3, 4)}))
   # Pad (constant mode; pads and the value are inputs since opset 11).
