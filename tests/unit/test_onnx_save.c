@@ -14,16 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures;
-static char dir[64];
+#include "check.h"
 
-#define CHECK(c)                                                                                   \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                        \
-      failures++;                                                                                  \
-    }                                                                                              \
-  } while (0)
+static char dir[64];
 
 #define CHECK_OK(expr)                                                                             \
   do {                                                                                             \

@@ -15,25 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int failures;
-
-#define CHECK(c)                                                                                   \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                        \
-      failures++;                                                                                  \
-    }                                                                                              \
-  } while (0)
-
-#define CHECK_STR(a, b)                                                                            \
-  do {                                                                                             \
-    const char *a_ = (a), *b_ = (b);                                                               \
-    if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                       \
-      fprintf(stderr, "%s:%d: got '%s', want '%s'\n", __FILE__, __LINE__, a_ ? a_ : "(null)",      \
-              b_ ? b_ : "(null)");                                                                 \
-      failures++;                                                                                  \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 /* sha256sum of the bytes written below. */
 #define SHA_DEV0 "f97480fc9ff014172828fd38ce092d12047d25ae7a743b8fffdb0f4c918a5d66"

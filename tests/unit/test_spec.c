@@ -14,25 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-
-#define CHECK(c)                                                                                   \
-  do {                                                                                             \
-    if (!(c)) {                                                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                        \
-      failures++;                                                                                  \
-    }                                                                                              \
-  } while (0)
-
-#define CHECK_STR(a, b)                                                                            \
-  do {                                                                                             \
-    const char *a_ = (a), *b_ = (b);                                                               \
-    if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                       \
-      fprintf(stderr, "%s:%d: got '%s', want '%s'\n", __FILE__, __LINE__, a_ ? a_ : "(null)",      \
-              b_ ? b_ : "(null)");                                                                 \
-      failures++;                                                                                  \
-    }                                                                                              \
-  } while (0)
+#include "check.h"
 
 static void expect_file_error(const char *file, const char *want) {
   char path[256];
