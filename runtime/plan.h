@@ -3,7 +3,8 @@
  * compile` (writer) and `autodist run` (reader). See docs/plan-format.md.
  *
  *   PLAN/plan.yaml        this manifest (YAML, written and read with libyaml)
- *   PLAN/device<R>.bc     LLVM bitcode of the step (or forward) function of rank R
+ *   PLAN/<module>.bc      LLVM bitcode of a device's step (or forward) function;
+ *                         devices running the same program share one file (step.bc)
  *   PLAN/weights.bin      initial values of parameters, raw little-endian, at
  *                         the offsets listed under tensors (file offset = `init`)
  *   PLAN/model.onnx       the input model with trainable initializers removed,
