@@ -314,6 +314,17 @@ ad_status ad_cmd_compile(int argc, char **argv) {
                  cfg->path, (long long)cfg->batch_size, workers);
   if (st == AD_OK)
     st = ad_onnx_load(a.model, cfg->batch_size / workers, &g);
+  /* Every data input is split along its first axis: it must be the batch. */
+  for (int i = 0; st == AD_OK && i < g->inputs.len; i++) {
+    ad_value *v = g->inputs.data[i];
+    int64_t local = cfg->batch_size / workers;
+    if (v->rank == 0 || (!v->batched && v->dims[0] != local))
+      st = ad_fail(AD_ERR_INPUT,
+                   "%s: error: input '%s' has the fixed shape %s, so it cannot take %lld samples "
+                   "per worker; export it with a dynamic batch axis (torch.onnx.export(..., "
+                   "dynamic_axes={'%s': {0: 'batch'}}))",
+                   a.model, v->name, ad_shape_str(v->rank, v->dims), (long long)local, v->name);
+  }
   if (st == AD_OK) {
     if (a.infer) {
       p = ad_program_create(g, false);

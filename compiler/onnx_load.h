@@ -21,7 +21,7 @@ ad_status ad_onnx_load_buffer(const char *path, const void *data, size_t len, in
                               ad_graph **out);
 
 /* For the plan: writes a copy of the model file without the named initializers
- * (they are appended again by ad_onnx_append_initializers at --save time). */
+ * (the runtime appends trained ones again at --save time: runtime/onnx_save.h). */
 ad_status ad_onnx_strip_initializers(const char *in_path, const char *out_path, int n_names,
                                      char *const *names);
 

@@ -41,6 +41,10 @@ bad = helper.make_graph([helper.make_node("ConvTranspose", ["input", "k"], ["log
                         "g", [xi], [yo], [k])
 onnx.save(helper.make_model(bad, opset_imports=[helper.make_opsetid("", 13)]), "unsupported.onnx")
 onnx.save(helper.make_model(good, opset_imports=[helper.make_opsetid("", 9)]), "old.onnx")
+fixed = helper.make_graph([helper.make_node("Gemm", ["input", "w"], ["logits"], transB=1, name="fc")],
+                          "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], [w])
+onnx.save(helper.make_model(fixed, opset_imports=[helper.make_opsetid("", 13)]), "fixed.onnx")
 np.save("x3.npy", np.zeros((5, 3), np.float32))
 np.save("x4.npy", np.zeros((5, 4), np.float32))
 PY
@@ -68,6 +72,8 @@ expect bad_frozen "error: frozen: 'nothere' is not an initializer of good.onnx" 
   "$A" compile good.onnx -t bad_frozen.yml
 expect uneven_batch "error: batch_size 5 cannot be split evenly over 2 workers" \
   "$A" compile good.onnx -r two.yml -t odd_batch.yml
+expect fixed_batch "fixed.onnx: error: input 'input' has the fixed shape [1, 4], so it cannot take 64 samples per worker" \
+  "$A" compile fixed.onnx
 expect unknown_strategy "error: unknown strategy 'magic'" "$A" compile good.onnx -s magic
 expect unknown_flag "error: unknown option '--fast'" "$A" compile good.onnx --fast
 expect infer_shape "x3.npy: error: float32 [5, 3] does not fit input 'input' (float32 [5, 4])" \
