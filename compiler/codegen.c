@@ -31,24 +31,46 @@ struct ad_cg {
   LLVMModuleRef mod;
   LLVMBuilderRef b;
   LLVMTypeRef f32, i64, ptr, voidt;
-  LLVMValueRef entry;       /* ad_step / ad_forward */
+  LLVMValueRef entry;         /* ad_step / ad_forward */
   LLVMValueRef mem, rt, step; /* of the function being emitted */
-  LLVMValueRef *globals;    /* by value id: constant data */
+  LLVMValueRef *globals;      /* by value id: constant data */
   int64_t scratch_max;
   int n_funcs, n_consts;
 };
 
-LLVMContextRef ad_cg_context(ad_cg *cg) { return cg->ctx; }
-LLVMModuleRef ad_cg_module(ad_cg *cg) { return cg->mod; }
-LLVMBuilderRef ad_cg_builder(ad_cg *cg) { return cg->b; }
-ad_graph *ad_cg_graph(ad_cg *cg) { return cg->p->g; }
-LLVMTypeRef ad_cg_f32_type(ad_cg *cg) { return cg->f32; }
-LLVMTypeRef ad_cg_i64_type(ad_cg *cg) { return cg->i64; }
-LLVMTypeRef ad_cg_ptr_type(ad_cg *cg) { return cg->ptr; }
-LLVMValueRef ad_cg_f32(ad_cg *cg, float x) { return LLVMConstReal(cg->f32, x); }
-LLVMValueRef ad_cg_i64(ad_cg *cg, int64_t x) { return LLVMConstInt(cg->i64, (unsigned long long)x, 1); }
-LLVMValueRef ad_cg_rt(ad_cg *cg) { return cg->rt; }
-LLVMValueRef ad_cg_step(ad_cg *cg) { return cg->step ? cg->step : ad_cg_i64(cg, 0); }
+LLVMContextRef ad_cg_context(ad_cg *cg) {
+  return cg->ctx;
+}
+LLVMModuleRef ad_cg_module(ad_cg *cg) {
+  return cg->mod;
+}
+LLVMBuilderRef ad_cg_builder(ad_cg *cg) {
+  return cg->b;
+}
+ad_graph *ad_cg_graph(ad_cg *cg) {
+  return cg->p->g;
+}
+LLVMTypeRef ad_cg_f32_type(ad_cg *cg) {
+  return cg->f32;
+}
+LLVMTypeRef ad_cg_i64_type(ad_cg *cg) {
+  return cg->i64;
+}
+LLVMTypeRef ad_cg_ptr_type(ad_cg *cg) {
+  return cg->ptr;
+}
+LLVMValueRef ad_cg_f32(ad_cg *cg, float x) {
+  return LLVMConstReal(cg->f32, x);
+}
+LLVMValueRef ad_cg_i64(ad_cg *cg, int64_t x) {
+  return LLVMConstInt(cg->i64, (unsigned long long)x, 1);
+}
+LLVMValueRef ad_cg_rt(ad_cg *cg) {
+  return cg->rt;
+}
+LLVMValueRef ad_cg_step(ad_cg *cg) {
+  return cg->step ? cg->step : ad_cg_i64(cg, 0);
+}
 
 LLVMValueRef ad_cg_intrinsic(ad_cg *cg, const char *name, int n_args, LLVMValueRef *args) {
   LLVMTypeRef t = LLVMTypeOf(args[0]);
@@ -70,10 +92,9 @@ static ad_value *alias_root(ad_value *v) {
 static LLVMValueRef const_global(ad_cg *cg, ad_value *v) {
   if (!cg->globals[v->id]) {
     size_t n = ad_value_bytes(v);
-    LLVMValueRef init = LLVMConstStringInContext(cg->ctx, v->data ? v->data : "", (unsigned)n, 1);
-    if (!v->data) {
-      init = LLVMConstNull(LLVMArrayType(LLVMInt8TypeInContext(cg->ctx), (unsigned)n));
-    }
+    LLVMValueRef init =
+        v->data ? LLVMConstStringInContext(cg->ctx, v->data, (unsigned)n, 1)
+                : LLVMConstNull(LLVMArrayType(LLVMInt8TypeInContext(cg->ctx), (unsigned)n));
     char name[32];
     snprintf(name, sizeof name, "c%d", cg->n_consts++);
     LLVMValueRef gv = LLVMAddGlobal(cg->mod, LLVMTypeOf(init), name);
@@ -159,9 +180,9 @@ struct nest {
   int rank;
   int64_t dims[AD_MAX_RANK];
   int n_ops;
-  LLVMValueRef base[MAX_OPS];            /* f32 pointers */
-  int64_t stride[MAX_OPS][AD_MAX_RANK];  /* in elements; 0 broadcasts */
-  LLVMValueRef off[MAX_OPS];             /* element offsets at the current level */
+  LLVMValueRef base[MAX_OPS];           /* f32 pointers */
+  int64_t stride[MAX_OPS][AD_MAX_RANK]; /* in elements; 0 broadcasts */
+  LLVMValueRef off[MAX_OPS];            /* element offsets at the current level */
   void (*inner)(ad_cg *cg, nest *ns, void *ctx);
   void *ctx;
   int level;
@@ -285,9 +306,9 @@ void ad_cg_broadcast(ad_cg *cg, const ad_value *src, LLVMValueRef dst, int rank,
 
 typedef struct {
   ad_program *p;
-  int *group;          /* by node index: index of the group's root node */
-  unsigned char *fused;/* by value id: lives only in registers */
-  unsigned char *must; /* by value id: must be in memory */
+  int *group;           /* by node index: index of the group's root node */
+  unsigned char *fused; /* by value id: lives only in registers */
+  unsigned char *must;  /* by value id: must be in memory */
 } fusion;
 
 static int root_of(fusion *f, int k) {
@@ -299,6 +320,10 @@ static int root_of(fusion *f, int k) {
 static int same_dims(const ad_value *a, const ad_value *b) {
   return a->rank == b->rank && !memcmp(a->dims, b->dims, sizeof(int64_t) * (size_t)a->rank);
 }
+
+/* Group size cap: keeps every group's external operands (at most 3 per member)
+ * within a nest's operand table. Longer chains become several groups. */
+#define MAX_GROUP 20
 
 static void fusion_plan(fusion *f) {
   ad_program *p = f->p;
@@ -315,11 +340,13 @@ static void fusion_plan(fusion *f) {
   for (int i = 0; i < g->outputs.len; i++)
     f->must[g->outputs.data[i]->id] = 1;
   int *index = ad_xmalloc(sizeof(int) * (size_t)nv);
+  int *size = ad_xmalloc(sizeof(int) * (size_t)(nn ? nn : 1)); /* members, by root */
   for (int i = 0; i < nv; i++)
     index[i] = -1;
   for (int k = 0; k < nn; k++) {
     ad_node *n = g->nodes.data[k];
     f->group[k] = k;
+    size[k] = 1;
     for (int o = 0; o < n->n_out; o++)
       index[n->out[o]->id] = k;
   }
@@ -333,12 +360,16 @@ static void fusion_plan(fusion *f) {
         continue;
       int pk = index[x->id];
       ad_node *pn = g->nodes.data[pk];
-      if (pn->op->lower_kind != AD_LOWER_EW || !same_dims(x, n->out[0]) || pn->n_out != 1)
+      int rp = root_of(f, pk);
+      if (pn->op->lower_kind != AD_LOWER_EW || !same_dims(x, n->out[0]) || pn->n_out != 1 ||
+          size[k] + size[rp] > MAX_GROUP)
         continue;
-      f->group[root_of(f, pk)] = k;
+      f->group[rp] = k;
+      size[k] += size[rp];
       f->fused[x->id] = 1;
     }
   }
+  free(size);
   free(index);
 }
 
@@ -347,10 +378,10 @@ typedef struct {
   fusion *f;
   int root;
   int n_members;
-  int members[256];
+  int members[MAX_GROUP];
   int n_ext;
-  ad_value *ext[MAX_OPS];  /* external operands; op index = position + 1 (0 is the output) */
-  LLVMValueRef *scalar;    /* by value id, during the inner body */
+  ad_value *ext[MAX_OPS]; /* external operands; op index = position + 1 (0 is the output) */
+  LLVMValueRef *scalar;   /* by value id, during the inner body */
 } group_ctx;
 
 static int ext_index(group_ctx *gc, ad_value *v) {
@@ -406,12 +437,8 @@ static ad_status emit_group(ad_cg *cg, fusion *f, int root) {
   ad_graph *g = f->p->g;
   group_ctx gc = {.cg = cg, .f = f, .root = root};
   for (int k = 0; k <= root; k++)
-    if (f->group[k] != k || k == root) {
-      if (root_of(f, k) != root)
-        continue;
-      if (gc.n_members == 256)
-        return ad_fail(AD_ERR_INPUT, "%s: error: fusion group too large",
-                       ad_node_where(g, g->nodes.data[root]));
+    if (root_of(f, k) == root) {
+      AD_ASSERT(gc.n_members < MAX_GROUP);
       gc.members[gc.n_members++] = k;
     }
   ad_node *rn = g->nodes.data[root];
@@ -428,8 +455,7 @@ static ad_status emit_group(ad_cg *cg, fusion *f, int root) {
                        ad_node_where(g, n), x->name, ad_dtype_name(x->dtype));
       if (f->fused[x->id] || ext_index(&gc, x) >= 0)
         continue;
-      if (gc.n_ext == MAX_OPS - 1)
-        return ad_fail(AD_ERR_INPUT, "%s: error: too many operands", ad_node_where(g, n));
+      AD_ASSERT(gc.n_ext < MAX_OPS - 1 && n->n_in <= 3);
       gc.ext[gc.n_ext++] = x;
     }
   }

@@ -146,9 +146,54 @@ static void test_inner_axis_reduce(void) {
   ad_graph_destroy(g);
 }
 
+/* A chain of 50 Adds, longer than one fusion group may be: y = x + 50 * c, with
+ * c broadcast from [1]; the chain is split into several groups. */
+static void test_long_chain(void) {
+  ad_graph *g = ad_graph_create("test");
+  g->opset = 13;
+  ad_value *x = ad_value_new(g, "x", AD_F32, 2, (int64_t[]){3, 5}, AD_VAL_INPUT);
+  ad_value *c = ad_value_new(g, "c", AD_F32, 1, (int64_t[]){1}, AD_VAL_INPUT);
+  AD_VEC_PUSH(g->inputs, x);
+  AD_VEC_PUSH(g->inputs, c);
+  ad_value *y = x;
+  for (int i = 0; i < 50; i++)
+    y = node1(g, "Add", 2, (ad_value *[]){y, c}, NULL, 0);
+  AD_VEC_PUSH(g->outputs, y);
+  ad_program *p = ad_program_create(g, false);
+  char bc[64];
+  snprintf(bc, sizeof bc, "/tmp/test_codegen_c%d.bc", (int)getpid());
+  CHECK(ad_codegen(p, bc) == AD_OK, "codegen: %s", ad_error_message());
+  ad_jit *jit = NULL;
+  CHECK(ad_jit_create(bc, &jit) == AD_OK, "jit: %s", ad_error_message());
+  unlink(bc);
+  void (*fwd)(char *, void *) = NULL;
+  CHECK(ad_jit_lookup(jit, "ad_forward", (void **)&fwd) == AD_OK, "lookup");
+  if (!fwd)
+    return;
+  char *mem = aligned_alloc(64, (size_t)p->mem_bytes);
+  memset(mem, 0, (size_t)p->mem_bytes);
+  float *X = (float *)(mem + p->offset[x->id]), *C = (float *)(mem + p->offset[c->id]);
+  for (int i = 0; i < 15; i++)
+    X[i] = (float)i;
+  C[0] = 0.5f;
+  fwd(mem, NULL);
+  float *Y = (float *)(mem + p->offset[y->id]);
+  for (int i = 0; i < 15; i++) {
+    float want = (float)i;
+    for (int k = 0; k < 50; k++)
+      want += 0.5f;
+    CHECK(Y[i] == want, "y[%d] = %g, want %g", i, Y[i], want);
+  }
+  free(mem);
+  ad_jit_destroy(jit);
+  ad_program_destroy(p);
+  ad_graph_destroy(g);
+}
+
 int main(void) {
   test_fused_broadcast_and_reduce();
   test_inner_axis_reduce();
+  test_long_chain();
   printf("%s\n", failures ? "test_codegen: FAILED" : "test_codegen: ok");
   return failures != 0;
 }
