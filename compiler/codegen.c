@@ -83,6 +83,18 @@ LLVMValueRef ad_cg_intrinsic(ad_cg *cg, const char *name, int n_args, LLVMValueR
   return LLVMBuildCall2(cg->b, fty, fn, args, (unsigned)n_args, "");
 }
 
+void ad_cg_call_void(ad_cg *cg, const char *name, int n_args, LLVMValueRef *args) {
+  LLVMTypeRef types[8];
+  AD_ASSERT(n_args <= 8);
+  for (int i = 0; i < n_args; i++)
+    types[i] = LLVMTypeOf(args[i]);
+  LLVMTypeRef fty = LLVMFunctionType(cg->voidt, types, (unsigned)n_args, 0);
+  LLVMValueRef fn = LLVMGetNamedFunction(cg->mod, name);
+  if (!fn)
+    fn = LLVMAddFunction(cg->mod, name, fty);
+  LLVMBuildCall2(cg->b, fty, fn, args, (unsigned)n_args, "");
+}
+
 static ad_value *alias_root(ad_value *v) {
   while (v->kind == AD_VAL_ACT && v->producer->op->lower_kind == AD_LOWER_ALIAS)
     v = v->producer->in[0];

@@ -35,6 +35,10 @@ LLVMValueRef ad_cg_i64(ad_cg *cg, int64_t x);
  * "llvm.maxnum.f32". */
 LLVMValueRef ad_cg_intrinsic(ad_cg *cg, const char *name, int n_args, LLVMValueRef *args);
 
+/* Calls `void name(args...)` (declaring it on first use with the types of the
+ * args): the runtime's C ABI, e.g. ad_rt_allreduce_wait(rt, bucket). */
+void ad_cg_call_void(ad_cg *cg, const char *name, int n_args, LLVMValueRef *args);
+
 /* Address (ptr) of a value's first element: mem + offset, or the constant global. */
 LLVMValueRef ad_cg_ptr(ad_cg *cg, const ad_value *v);
 /* Address of the runtime handle `rt` and of the step number (i64), for comm and

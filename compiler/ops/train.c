@@ -147,16 +147,10 @@ static void adam_body(ad_cg *cg, LLVMValueRef i, void *vctx) {
 static LLVMValueRef one_minus_pow(ad_cg *cg, float beta) {
   LLVMBuilderRef b = ad_cg_builder(cg);
   LLVMTypeRef f64 = LLVMDoubleTypeInContext(ad_cg_context(cg));
-  LLVMValueRef t = LLVMBuildSIToFP(b, ad_cg_step(cg), f64, "");
-  LLVMValueRef args[2] = {LLVMConstReal(f64, (double)beta), t};
-  LLVMTypeRef params[2] = {f64, f64};
-  LLVMTypeRef fty = LLVMFunctionType(f64, params, 2, 0);
-  LLVMModuleRef mod = ad_cg_module(cg);
-  LLVMValueRef fn = LLVMGetNamedFunction(mod, "llvm.pow.f64");
-  if (!fn)
-    fn = LLVMAddFunction(mod, "llvm.pow.f64", fty);
-  LLVMValueRef pw = LLVMBuildCall2(b, fty, fn, args, 2, "");
-  return LLVMBuildFSub(b, LLVMConstReal(f64, 1.0), pw, "");
+  LLVMValueRef args[2] = {LLVMConstReal(f64, (double)beta),
+                          LLVMBuildSIToFP(b, ad_cg_step(cg), f64, "")};
+  return LLVMBuildFSub(b, LLVMConstReal(f64, 1.0), ad_cg_intrinsic(cg, "llvm.pow.f64", 2, args),
+                       "");
 }
 
 static ad_status lower_update(ad_cg *cg, const ad_node *n) {
@@ -194,41 +188,23 @@ static void cost_update(const ad_node *n, double *flops, double *bytes) {
  * around compute it overlaps with, or blocking AllReduce ---- */
 
 static ad_status lower_allreduce_start(ad_cg *cg, const ad_node *n) {
-  LLVMBuilderRef b = ad_cg_builder(cg);
   int64_t count = 0;
   for (int i = 0; i < n->n_in; i++)
     count += ad_value_numel(n->in[i]);
-  int blocking = !strcmp(n->op_type, "AllReduce");
-  const char *name = blocking ? "ad_rt_allreduce" : "ad_rt_allreduce_start";
-  LLVMTypeRef params[4] = {ad_cg_ptr_type(cg), ad_cg_i64_type(cg), ad_cg_ptr_type(cg),
-                           ad_cg_i64_type(cg)};
-  if (blocking) { /* (rt, buf, count) */
-    params[1] = ad_cg_ptr_type(cg);
-    params[2] = ad_cg_i64_type(cg);
+  LLVMValueRef rt = ad_cg_rt(cg), buf = ad_cg_ptr(cg, n->in[0]), cnt = ad_cg_i64(cg, count);
+  if (!strcmp(n->op_type, "AllReduce")) {
+    LLVMValueRef args[3] = {rt, buf, cnt};
+    ad_cg_call_void(cg, "ad_rt_allreduce", 3, args);
+  } else {
+    LLVMValueRef args[4] = {rt, ad_cg_i64(cg, ad_attr_int(n, "bucket", 0)), buf, cnt};
+    ad_cg_call_void(cg, "ad_rt_allreduce_start", 4, args);
   }
-  LLVMTypeRef fty =
-      LLVMFunctionType(LLVMVoidTypeInContext(ad_cg_context(cg)), params, blocking ? 3 : 4, 0);
-  LLVMModuleRef mod = ad_cg_module(cg);
-  LLVMValueRef fn = LLVMGetNamedFunction(mod, name);
-  if (!fn)
-    fn = LLVMAddFunction(mod, name, fty);
-  LLVMValueRef start_args[4] = {ad_cg_rt(cg), ad_cg_i64(cg, ad_attr_int(n, "bucket", 0)),
-                                ad_cg_ptr(cg, n->in[0]), ad_cg_i64(cg, count)};
-  LLVMValueRef block_args[3] = {ad_cg_rt(cg), ad_cg_ptr(cg, n->in[0]), ad_cg_i64(cg, count)};
-  LLVMBuildCall2(b, fty, fn, blocking ? block_args : start_args, blocking ? 3 : 4, "");
   return AD_OK;
 }
 
 static ad_status lower_allreduce_wait(ad_cg *cg, const ad_node *n) {
-  LLVMBuilderRef b = ad_cg_builder(cg);
-  LLVMTypeRef params[2] = {ad_cg_ptr_type(cg), ad_cg_i64_type(cg)};
-  LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ad_cg_context(cg)), params, 2, 0);
-  LLVMModuleRef mod = ad_cg_module(cg);
-  LLVMValueRef fn = LLVMGetNamedFunction(mod, "ad_rt_allreduce_wait");
-  if (!fn)
-    fn = LLVMAddFunction(mod, "ad_rt_allreduce_wait", fty);
   LLVMValueRef args[2] = {ad_cg_rt(cg), ad_cg_i64(cg, ad_attr_int(n, "bucket", 0))};
-  LLVMBuildCall2(b, fty, fn, args, 2, "");
+  ad_cg_call_void(cg, "ad_rt_allreduce_wait", 2, args);
   return AD_OK;
 }
 

@@ -38,6 +38,25 @@ static float frand(unsigned *s) {
   return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
+/* Generates the program's module, JIT-compiles it and returns a zeroed arena
+ * for it (NULL after a failed check); *jit must be destroyed by the caller. */
+static char *build(ad_program *p, ad_jit **jit, void (**fwd)(char *, void *)) {
+  char bc[64];
+  snprintf(bc, sizeof bc, "/tmp/test_codegen_%d.bc", (int)getpid());
+  *jit = NULL;
+  *fwd = NULL;
+  CHECK(ad_codegen(p, bc) == AD_OK, "codegen: %s", ad_error_message());
+  CHECK(ad_jit_create(bc, jit) == AD_OK, "jit: %s", ad_error_message());
+  unlink(bc);
+  if (!*jit || ad_jit_lookup(*jit, "ad_forward", (void **)fwd) != AD_OK || !*fwd) {
+    CHECK(0, "no ad_forward: %s", ad_error_message());
+    return NULL;
+  }
+  char *mem = aligned_alloc(64, (size_t)p->mem_bytes);
+  memset(mem, 0, (size_t)p->mem_bytes);
+  return mem;
+}
+
 /* y = relu(a * b + c) - a, a [2,3,4], b [3,1], c [4]; z = sum of y to [3,1]. */
 static void test_fused_broadcast_and_reduce(void) {
   ad_graph *g = ad_graph_create("test");
@@ -58,22 +77,15 @@ static void test_fused_broadcast_and_reduce(void) {
   AD_VEC_PUSH(g->outputs, z);
 
   ad_program *p = ad_program_create(g, false);
-  char bc[64];
-  snprintf(bc, sizeof bc, "/tmp/test_codegen_%d.bc", (int)getpid());
-  CHECK(ad_codegen(p, bc) == AD_OK, "codegen: %s", ad_error_message());
+  ad_jit *jit;
+  void (*fwd)(char *, void *);
+  char *mem = build(p, &jit, &fwd);
+  if (!mem)
+    return;
   /* The chain Mul, Add, Relu, Sub is one group: only its result has memory. */
   CHECK(p->offset[m->id] < 0 && p->offset[s->id] < 0 && p->offset[r->id] < 0,
         "intermediates of the fused chain must not be in memory");
   CHECK(p->offset[y->id] >= 0 && p->offset[z->id] >= 0, "outputs must be in memory");
-  ad_jit *jit = NULL;
-  CHECK(ad_jit_create(bc, &jit) == AD_OK, "jit: %s", ad_error_message());
-  unlink(bc);
-  void (*fwd)(char *, void *) = NULL;
-  CHECK(ad_jit_lookup(jit, "ad_forward", (void **)&fwd) == AD_OK, "lookup");
-  if (!fwd)
-    return;
-  char *mem = aligned_alloc(64, (size_t)p->mem_bytes);
-  memset(mem, 0, (size_t)p->mem_bytes);
   float *A = (float *)(mem + p->offset[a->id]), *B = (float *)(mem + p->offset[b->id]);
   float *C = (float *)(mem + p->offset[c->id]);
   unsigned seed = 7;
@@ -115,18 +127,11 @@ static void test_inner_axis_reduce(void) {
   ad_value *z = node1(g, "ReduceSumTo", 1, (ad_value *[]){x}, &shape, 1);
   AD_VEC_PUSH(g->outputs, z);
   ad_program *p = ad_program_create(g, false);
-  char bc[64];
-  snprintf(bc, sizeof bc, "/tmp/test_codegen_r%d.bc", (int)getpid());
-  CHECK(ad_codegen(p, bc) == AD_OK, "codegen: %s", ad_error_message());
-  ad_jit *jit = NULL;
-  CHECK(ad_jit_create(bc, &jit) == AD_OK, "jit: %s", ad_error_message());
-  unlink(bc);
-  void (*fwd)(char *, void *) = NULL;
-  CHECK(ad_jit_lookup(jit, "ad_forward", (void **)&fwd) == AD_OK, "lookup");
-  if (!fwd)
+  ad_jit *jit;
+  void (*fwd)(char *, void *);
+  char *mem = build(p, &jit, &fwd);
+  if (!mem)
     return;
-  char *mem = aligned_alloc(64, (size_t)p->mem_bytes);
-  memset(mem, 0, (size_t)p->mem_bytes);
   float *X = (float *)(mem + p->offset[x->id]);
   unsigned seed = 11;
   for (int i = 0; i < 240; i++)
@@ -160,18 +165,11 @@ static void test_long_chain(void) {
     y = node1(g, "Add", 2, (ad_value *[]){y, c}, NULL, 0);
   AD_VEC_PUSH(g->outputs, y);
   ad_program *p = ad_program_create(g, false);
-  char bc[64];
-  snprintf(bc, sizeof bc, "/tmp/test_codegen_c%d.bc", (int)getpid());
-  CHECK(ad_codegen(p, bc) == AD_OK, "codegen: %s", ad_error_message());
-  ad_jit *jit = NULL;
-  CHECK(ad_jit_create(bc, &jit) == AD_OK, "jit: %s", ad_error_message());
-  unlink(bc);
-  void (*fwd)(char *, void *) = NULL;
-  CHECK(ad_jit_lookup(jit, "ad_forward", (void **)&fwd) == AD_OK, "lookup");
-  if (!fwd)
+  ad_jit *jit;
+  void (*fwd)(char *, void *);
+  char *mem = build(p, &jit, &fwd);
+  if (!mem)
     return;
-  char *mem = aligned_alloc(64, (size_t)p->mem_bytes);
-  memset(mem, 0, (size_t)p->mem_bytes);
   float *X = (float *)(mem + p->offset[x->id]), *C = (float *)(mem + p->offset[c->id]);
   for (int i = 0; i < 15; i++)
     X[i] = (float)i;
