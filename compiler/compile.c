@@ -26,18 +26,19 @@
 
 static const char compile_usage[] =
     "usage: autodist compile MODEL.onnx [-r SPEC.yml] [-t TRAIN.yml] [-s STRATEGY] [-o PLAN_DIR]\n"
-    "                        [--infer] [--explain] [--bucket-mb MB]\n"
+    "                        [--infer] [--explain] [--bucket-mb MB] [--compress none|fp16]\n"
     "  -r  resource spec (default: ./resource_spec.yml if present, else one local CPU worker)\n"
     "  -t  training config (default: ./train.yml if present, else defaults)\n"
     "  -s  strategy: auto (default) | allreduce\n"
     "  -o  plan folder (default: plan)\n"
     "  --infer      compile a data-parallel inference plan (no loss, no training)\n"
     "  --explain    print the strategy choice and its predicted costs\n"
-    "  --bucket-mb  all-reduce bucket size in MiB (default 25)\n";
+    "  --bucket-mb  all-reduce bucket size in MiB (default 25)\n"
+    "  --compress   all-reduce gradients as float16 (fp16) or float32 (none, default)\n";
 
 typedef struct compile_args {
   const char *model, *spec, *train, *strategy, *out;
-  int infer, explain;
+  int infer, explain, compress_fp16;
   double bucket_mb;
 } compile_args;
 
@@ -71,8 +72,16 @@ static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
     } else if (!strcmp(s, "--bucket-mb")) {
       char *end;
       if (i + 1 >= argc || (a->bucket_mb = strtod(argv[i + 1], &end), *end) || a->bucket_mb <= 0)
-        return ad_fail(AD_ERR_INPUT, "error: --bucket-mb needs a positive number\n%s", compile_usage);
+        return ad_fail(AD_ERR_INPUT, "error: --bucket-mb needs a positive number\n%s",
+                       compile_usage);
       i++;
+      continue;
+    } else if (!strcmp(s, "--compress")) {
+      const char *v = i + 1 < argc ? argv[++i] : "";
+      if (strcmp(v, "fp16") && strcmp(v, "none"))
+        return ad_fail(AD_ERR_INPUT, "error: --compress takes fp16 or none, got '%s'\n%s", v,
+                       compile_usage);
+      a->compress_fp16 = !strcmp(v, "fp16");
       continue;
     } else if (s[0] == '-') {
       return ad_fail(AD_ERR_INPUT, "error: unknown option '%s'\n%s", s, compile_usage);
@@ -212,8 +221,11 @@ static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const comp
     ad_spec_node *nd = &spec->nodes[ni];
     int n = nd->n_cpus ? nd->n_cpus : 1;
     for (int k = 0; k < n; k++, rank++)
-      devices[rank] = (ad_plan_device){.rank = rank, .node = nd->address, .type = "cpu",
-                                       .id = nd->n_cpus ? nd->cpus[k] : 0, .module = "step.bc"};
+      devices[rank] = (ad_plan_device){.rank = rank,
+                                       .node = nd->address,
+                                       .type = "cpu",
+                                       .id = nd->n_cpus ? nd->cpus[k] : 0,
+                                       .module = "step.bc"};
   }
   AD_ASSERT(rank == p->replicas);
 
@@ -263,7 +275,7 @@ static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const comp
   return st;
 }
 
-static void explain(const ad_program *p, const ad_spec *spec) {
+static void explain(const ad_program *p, const ad_spec *spec, int compress_fp16) {
   double flops = 0, bytes = 0;
   for (int i = 0; i < p->g->nodes.len; i++) {
     ad_node *n = p->g->nodes.data[i];
@@ -280,9 +292,11 @@ static void explain(const ad_program *p, const ad_spec *spec) {
   printf("  replicas: %d, global batch %lld, per replica %lld\n", p->replicas,
          (long long)p->global_batch, (long long)(p->global_batch / p->replicas));
   printf("  compute per replica per step: %.3g FLOP, %.3g bytes moved\n", flops, bytes);
-  printf("  all-reduce per replica per step: %lld bytes in %d bucket(s)%s\n",
-         (long long)(p->replicas > 1 ? grad_bytes : 0), p->n_buckets,
-         p->replicas > 1 ? "" : " (one replica: no communication)");
+  if (compress_fp16)
+    grad_bytes /= 2;
+  printf("  all-reduce per replica per step: %lld bytes%s in %d bucket(s)%s\n",
+         (long long)(p->replicas > 1 ? grad_bytes : 0), compress_fp16 ? " (fp16)" : "",
+         p->n_buckets, p->replicas > 1 ? "" : " (one replica: no communication)");
   printf("  arena per device: %lld bytes\n", (long long)p->mem_bytes);
   (void)spec;
 }
@@ -309,8 +323,7 @@ ad_status ad_cmd_compile(int argc, char **argv) {
     workers = ad_spec_worker_count(spec);
   }
   if (st == AD_OK && cfg->batch_size % workers)
-    st = ad_fail(AD_ERR_INPUT,
-                 "%s: error: batch_size %lld cannot be split evenly over %d workers",
+    st = ad_fail(AD_ERR_INPUT, "%s: error: batch_size %lld cannot be split evenly over %d workers",
                  cfg->path, (long long)cfg->batch_size, workers);
   if (st == AD_OK)
     st = ad_onnx_load(a.model, cfg->batch_size / workers, &g);
@@ -333,7 +346,7 @@ ad_status ad_cmd_compile(int argc, char **argv) {
     } else {
       st = ad_train_build(g, cfg, workers, &p);
       if (st == AD_OK) {
-        ad_strategy_opts opts = {.bucket_mb = a.bucket_mb};
+        ad_strategy_opts opts = {.bucket_mb = a.bucket_mb, .compress_fp16 = a.compress_fp16};
         st = ad_strategy_allreduce(p, cfg, &opts);
       }
     }
@@ -361,7 +374,7 @@ ad_status ad_cmd_compile(int argc, char **argv) {
     remove_dir(tmpdir);
   if (st == AD_OK) {
     if (a.explain)
-      explain(p, spec);
+      explain(p, spec, a.compress_fp16);
     fprintf(stderr, "autodist: compiled %s for %d worker%s (%s) -> %s/\n", a.model, workers,
             workers > 1 ? "s" : "", a.infer ? "inference" : "allreduce", a.out);
   }

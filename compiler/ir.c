@@ -13,13 +13,14 @@
 #include <string.h>
 
 const char *ad_dtype_name(ad_dtype t) {
-  static const char *names[AD_DTYPE_COUNT] = {"float32", "int64", "int32", "uint8", "bool"};
+  static const char *names[AD_DTYPE_COUNT] = {"float32", "int64", "int32", "uint8", "bool",
+                                                      "float16"};
   AD_ASSERT(t >= 0 && t < AD_DTYPE_COUNT);
   return names[t];
 }
 
 size_t ad_dtype_size(ad_dtype t) {
-  static const size_t sizes[AD_DTYPE_COUNT] = {4, 8, 4, 1, 1};
+  static const size_t sizes[AD_DTYPE_COUNT] = {4, 8, 4, 1, 1, 2};
   AD_ASSERT(t >= 0 && t < AD_DTYPE_COUNT);
   return sizes[t];
 }

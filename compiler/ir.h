@@ -27,6 +27,7 @@ typedef enum ad_dtype {
   AD_I32,
   AD_U8,
   AD_BOOL,
+  AD_F16,  /* only for communication buffers (fp16-compressed all-reduce) */
   AD_DTYPE_COUNT
 } ad_dtype;
 

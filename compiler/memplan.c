@@ -53,6 +53,8 @@ void ad_memplan(ad_program *p, const unsigned char *fused, const int *emit_pos,
     PIN(g->params.data[i]);
   for (int i = 0; i < p->states.len; i++)
     PIN(p->states.data[i]);
+  for (int i = 0; i < p->comm_bufs.len; i++)
+    PIN(p->comm_bufs.data[i]);
   /* Gradients of a bucket must be contiguous: no alignment padding inside. */
   for (int b = 0; b < p->n_buckets; b++) {
     ad_bucket *bk = &p->buckets[b];

@@ -28,6 +28,7 @@ typedef struct ad_program {
   ad_value **params;
   ad_value **grads;
   AD_VEC(ad_value *) states; /* optimizer state values (zero at start) */
+  AD_VEC(ad_value *) comm_bufs; /* staging buffers of communication (fp16 buckets) */
   int n_buckets;
   ad_bucket *buckets;
   /* Memory plan (memplan.c): byte offset of each value id in the device

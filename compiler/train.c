@@ -29,6 +29,7 @@ void ad_program_destroy(ad_program *p) {
   free(p->params);
   free(p->grads);
   free(p->states.data);
+  free(p->comm_bufs.data);
   free(p->buckets);
   free(p->offset);
   free(p);

@@ -62,12 +62,15 @@ static void record(ad_comm *c, ad_status st) {
   snprintf(c->failure, sizeof c->failure, "%s", ad_error_message());
 }
 
-void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, float *buf, int64_t count) {
+static const int64_t elem_bytes[AD_COMM_ELEM_COUNT] = {4, 2};
+
+void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, void *buf, int64_t count,
+                             ad_comm_elem elem) {
   AD_ASSERT(bucket >= 0 && count >= 0);
   if (c->size == 1 || c->failed != AD_OK)
     return;
-  c->bytes += count * (int64_t)sizeof(float);
-  record(c, c->backend->allreduce_start(c->ctx, bucket, buf, count));
+  c->bytes += count * elem_bytes[elem];
+  record(c, c->backend->allreduce_start(c->ctx, bucket, buf, count, elem));
 }
 
 void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket) {
@@ -77,12 +80,12 @@ void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket) {
   record(c, c->backend->allreduce_wait(c->ctx, bucket));
 }
 
-void ad_comm_allreduce(ad_comm *c, float *buf, int64_t count) {
+void ad_comm_allreduce(ad_comm *c, void *buf, int64_t count, ad_comm_elem elem) {
   AD_ASSERT(count >= 0);
   if (c->size == 1 || c->failed != AD_OK)
     return;
-  c->bytes += count * (int64_t)sizeof(float);
-  record(c, c->backend->allreduce(c->ctx, buf, count));
+  c->bytes += count * elem_bytes[elem];
+  record(c, c->backend->allreduce(c->ctx, buf, count, elem));
 }
 
 ad_status ad_comm_check(const ad_comm *c) {
@@ -126,7 +129,11 @@ void ad_comm_destroy(ad_comm *c) {
 /* ---- the C ABI of generated code: rt is the worker's ad_comm * ---- */
 
 void ad_rt_allreduce_start(void *rt, int64_t bucket, float *buf, int64_t count) {
-  ad_comm_allreduce_start(rt, bucket, buf, count);
+  ad_comm_allreduce_start(rt, bucket, buf, count, AD_COMM_F32);
+}
+
+void ad_rt_allreduce_start_f16(void *rt, int64_t bucket, uint16_t *buf, int64_t count) {
+  ad_comm_allreduce_start(rt, bucket, buf, count, AD_COMM_F16);
 }
 
 void ad_rt_allreduce_wait(void *rt, int64_t bucket) {
@@ -134,5 +141,9 @@ void ad_rt_allreduce_wait(void *rt, int64_t bucket) {
 }
 
 void ad_rt_allreduce(void *rt, float *buf, int64_t count) {
-  ad_comm_allreduce(rt, buf, count);
+  ad_comm_allreduce(rt, buf, count, AD_COMM_F32);
+}
+
+void ad_rt_allreduce_f16(void *rt, uint16_t *buf, int64_t count) {
+  ad_comm_allreduce(rt, buf, count, AD_COMM_F16);
 }

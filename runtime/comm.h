@@ -27,18 +27,24 @@ typedef enum ad_device_type {
 
 const char *ad_device_type_name(ad_device_type t);
 
+/* Element type of an all-reduce buffer: float32, or float16 (IEEE binary16,
+ * summed by converting to float32 and rounding each sum back, so the result of
+ * one addition is exact binary16 arithmetic). */
+typedef enum ad_comm_elem { AD_COMM_F32, AD_COMM_F16, AD_COMM_ELEM_COUNT } ad_comm_elem;
+
 /* One backend: every function gets the backend's own state `ctx`. Functions
  * returning ad_status fail with AD_ERR_JOB and a message. */
 typedef struct ad_comm_backend {
   const char *name;      /* "mpi" */
   ad_device_type device; /* where the buffers it is given live */
   /* Non-blocking in-place sum of `count` floats at `buf`, tracked as `bucket`. */
-  ad_status (*allreduce_start)(void *ctx, int64_t bucket, float *buf, int64_t count);
+  ad_status (*allreduce_start)(void *ctx, int64_t bucket, void *buf, int64_t count,
+                               ad_comm_elem elem);
   /* Blocks until `bucket` (started before) is reduced. */
   ad_status (*allreduce_wait)(void *ctx, int64_t bucket);
   /* Blocking in-place sum of `count` floats at `buf` (a bucket with nothing
    * left to overlap with). */
-  ad_status (*allreduce)(void *ctx, float *buf, int64_t count);
+  ad_status (*allreduce)(void *ctx, void *buf, int64_t count, ad_comm_elem elem);
   /* Blocking in-place sum of n doubles over all ranks. */
   ad_status (*sum_f64)(void *ctx, double *vals, int n);
   /* Blocking gather of `bytes` bytes from every rank into `recv` on rank 0, in
@@ -68,10 +74,11 @@ const char *ad_comm_backend_name(const ad_comm *c);
 /* The step's all-reduce pair (what ad_rt_allreduce_start/wait call). With one
  * rank both are no-ops and count nothing. A backend failure is recorded and
  * reported by ad_comm_check (generated code cannot take a status). */
-void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, float *buf, int64_t count);
+void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, void *buf, int64_t count,
+                             ad_comm_elem elem);
 void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket);
 /* Blocking all-reduce (what ad_rt_allreduce calls); counts like start. */
-void ad_comm_allreduce(ad_comm *c, float *buf, int64_t count);
+void ad_comm_allreduce(ad_comm *c, void *buf, int64_t count, ad_comm_elem elem);
 /* AD_OK, or the first failure recorded since the handle was created. */
 ad_status ad_comm_check(const ad_comm *c);
 

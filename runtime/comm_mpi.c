@@ -3,7 +3,9 @@
  * one or more nodes. All-reduce buckets are MPI_Iallreduce(MPI_IN_PLACE,
  * MPI_FLOAT, MPI_SUM) requests kept in a table indexed by bucket number, so
  * the reduction of one bucket overlaps the backward pass computing the next;
- * wait is MPI_Wait on that request. Counts above INT_MAX floats are split into
+ * wait is MPI_Wait on that request. A bucket with nothing left to overlap
+ * uses the blocking MPI_Allreduce. fp16 buffers (--compress fp16) are
+ * MPI_UINT16_T with a user sum op. Counts above INT_MAX elements are split into
  * several requests per bucket (MPI counts are int).
  *
  * MPI's default error handler aborts the job on a failed call; the launcher
@@ -26,7 +28,27 @@ typedef struct bucket {
 typedef struct mpi_ctx {
   bucket *buckets;
   int64_t n_buckets;
+  MPI_Op sum_f16; /* user op: binary16 sum (MPI has no half type) */
 } mpi_ctx;
+
+/* inout[i] = in[i] + inout[i] in binary16: the float32 sum of two halves rounded
+ * to half is the correctly rounded half sum (float32 has more than 2*11+2
+ * significand bits), the same as PyTorch's CPU half addition. */
+static void sum_f16(void *in, void *inout, int *len, MPI_Datatype *dt) {
+  const _Float16 *a = in;
+  _Float16 *b = inout;
+  for (int i = 0; i < *len; i++)
+    b[i] = (_Float16)((float)a[i] + (float)b[i]);
+}
+
+/* MPI type, op and element size of an all-reduce buffer. */
+static void elem_mpi(const mpi_ctx *m, ad_comm_elem elem, MPI_Datatype *type, MPI_Op *op,
+                     size_t *size) {
+  AD_ASSERT(elem == AD_COMM_F32 || elem == AD_COMM_F16);
+  *type = elem == AD_COMM_F32 ? MPI_FLOAT : MPI_UINT16_T;
+  *op = elem == AD_COMM_F32 ? MPI_SUM : m->sum_f16;
+  *size = elem == AD_COMM_F32 ? 4 : 2;
+}
 
 static ad_status mpi_check(int rc, const char *what) {
   if (rc == MPI_SUCCESS)
@@ -37,8 +59,13 @@ static ad_status mpi_check(int rc, const char *what) {
   return ad_fail(AD_ERR_JOB, "error: %s failed: %s", what, msg);
 }
 
-static ad_status mpi_allreduce_start(void *ctx, int64_t b, float *buf, int64_t count) {
+static ad_status mpi_allreduce_start(void *ctx, int64_t b, void *buf, int64_t count,
+                                     ad_comm_elem elem) {
   mpi_ctx *m = ctx;
+  MPI_Datatype type;
+  MPI_Op op;
+  size_t size;
+  elem_mpi(m, elem, &type, &op, &size);
   if (b >= m->n_buckets) {
     int64_t n = b + 1 > 2 * m->n_buckets ? b + 1 : 2 * m->n_buckets;
     m->buckets = ad_xrealloc(m->buckets, (size_t)n * sizeof *m->buckets);
@@ -56,8 +83,8 @@ static ad_status mpi_allreduce_start(void *ctx, int64_t b, float *buf, int64_t c
   bk->n_req = 0;
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
-    AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
-                                    &bk->req[bk->n_req++]),
+    AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op,
+                                    MPI_COMM_WORLD, &bk->req[bk->n_req++]),
                      "MPI_Iallreduce"));
   }
   bk->active = 1;
@@ -74,10 +101,15 @@ static ad_status mpi_allreduce_wait(void *ctx, int64_t b) {
 
 /* Blocking: OpenMPI's blocking all-reduce is faster than its non-blocking one
  * (libnbc) when there is nothing to overlap. */
-static ad_status mpi_allreduce(void *ctx, float *buf, int64_t count) {
+static ad_status mpi_allreduce(void *ctx, void *buf, int64_t count, ad_comm_elem elem) {
+  MPI_Datatype type;
+  MPI_Op op;
+  size_t size;
+  elem_mpi(ctx, elem, &type, &op, &size);
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
-    AD_TRY(mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+    AD_TRY(mpi_check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op,
+                                   MPI_COMM_WORLD),
                      "MPI_Allreduce"));
   }
   return AD_OK;
@@ -111,6 +143,9 @@ static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *re
 }
 
 static ad_status mpi_finalize(void *ctx) {
+  mpi_ctx *m = ctx;
+  if (m->sum_f16 != MPI_OP_NULL)
+    MPI_Op_free(&m->sum_f16);
   return mpi_check(MPI_Finalize(), "MPI_Finalize");
 }
 
@@ -142,6 +177,8 @@ ad_status ad_comm_create_mpi(ad_comm **out) {
   int rank = 0, size = 1;
   AD_TRY(mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
   AD_TRY(mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size"));
-  *out = ad_comm_create(&mpi_backend, ad_xcalloc(1, sizeof(mpi_ctx)), rank, size);
+  mpi_ctx *m = ad_xcalloc(1, sizeof(mpi_ctx));
+  AD_TRY(mpi_check(MPI_Op_create(sum_f16, 1, &m->sum_f16), "MPI_Op_create"));
+  *out = ad_comm_create(&mpi_backend, m, rank, size);
   return AD_OK;
 }

@@ -98,5 +98,9 @@ void ad_rt_allreduce_wait(void *rt, int64_t bucket);
 /* Blocking form, for a bucket whose start would be followed by its wait with no
  * compute in between. */
 void ad_rt_allreduce(void *rt, float *buf, int64_t count);
+/* The same on IEEE binary16 buffers (--compress fp16): the generated code
+ * converts the gradients to fp16 before and back to float32 after. */
+void ad_rt_allreduce_start_f16(void *rt, int64_t bucket, uint16_t *buf, int64_t count);
+void ad_rt_allreduce_f16(void *rt, uint16_t *buf, int64_t count);
 
 #endif

@@ -14,6 +14,7 @@
 #include "../compiler/op.h"
 #include "../compiler/train.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,37 @@ static void own_gradients(ad_program *p) {
     AD_ASSERT(st == AD_OK);
     p->grads[i] = n->out[0];
   }
+}
+
+/* The inputs of a bucket's communication nodes: its gradients, and with
+ * compression the bucket's binary16 staging buffer last. Returns their number. */
+static int bucket_inputs(ad_program *p, int bi, const ad_strategy_opts *opts, ad_value **in) {
+  ad_bucket *bk = &p->buckets[bi];
+  int64_t count = 0;
+  for (int j = 0; j < bk->count; j++) {
+    in[j] = p->grads[bk->first + j];
+    count += ad_value_numel(in[j]);
+  }
+  if (!opts->compress_fp16)
+    return bk->count;
+  while (p->comm_bufs.len <= bi) {
+    char name[64];
+    snprintf(name, sizeof name, "bucket%d.fp16", p->comm_bufs.len);
+    AD_VEC_PUSH(p->comm_bufs, ad_value_new(p->g, name, AD_F16, 1, &count, AD_VAL_STATE));
+  }
+  in[bk->count] = p->comm_bufs.data[bi];
+  return bk->count + 1;
+}
+
+/* Appends a communication node of bucket bi (its attributes: bucket number and
+ * compression) and returns it. */
+static ad_node *add_comm(ad_program *p, const char *op, int bi, const ad_strategy_opts *opts,
+                         ad_value **in) {
+  ad_attr a[2] = {ad_attr_i("bucket", bi), ad_attr_i("compress", opts->compress_fp16)};
+  ad_node *n;
+  ad_status st = ad_node_add(p->g, NULL, op, bucket_inputs(p, bi, opts, in), in, 0, a, 2, &n);
+  AD_ASSERT(st == AD_OK);
+  return n;
 }
 
 ad_status ad_strategy_allreduce(ad_program *p, const ad_train_config *cfg,
@@ -58,6 +90,7 @@ ad_status ad_strategy_allreduce(ad_program *p, const ad_train_config *cfg,
     bytes += b;
   }
   unsigned char *overlap = ad_xcalloc((size_t)p->n_buckets + 1, 1);
+  ad_value **in = ad_xcalloc((size_t)p->n_params + 2, sizeof *in);
   if (p->replicas > 1) {
     for (int bi = 0; bi < p->n_buckets; bi++) {
       ad_bucket *bk = &p->buckets[bi];
@@ -70,24 +103,18 @@ ad_status ad_strategy_allreduce(ad_program *p, const ad_train_config *cfg,
       /* Non-blocking only when backward compute remains to overlap with. */
       for (int k = after + 1; k < g->nodes.len; k++)
         overlap[bi] |= strncmp(g->nodes.data[k]->op_type, "AllReduce", 9) != 0;
-      ad_attr a = ad_attr_i("bucket", bi);
-      ad_node *n;
-      ad_status st = ad_node_add(g, NULL, overlap[bi] ? "AllReduceStart" : "AllReduce", bk->count,
-                                 &p->grads[bk->first], 0, &a, 1, &n);
-      AD_ASSERT(st == AD_OK);
+      add_comm(p, overlap[bi] ? "AllReduceStart" : "AllReduce", bi, opts, in);
       ad_graph_move_last(g, after + 1);
     }
   }
   for (int bi = 0; bi < p->n_buckets; bi++) {
     ad_bucket *bk = &p->buckets[bi];
-    if (overlap[bi]) {
-      ad_attr a = ad_attr_i("bucket", bi);
-      ad_status st = ad_node_add(g, NULL, "AllReduceWait", 0, NULL, 0, &a, 1, NULL);
-      AD_ASSERT(st == AD_OK);
-    }
+    if (overlap[bi])
+      add_comm(p, "AllReduceWait", bi, opts, in);
     for (int j = bk->first; j < bk->first + bk->count; j++)
       ad_train_add_update(p, cfg, j);
   }
+  free(in);
   free(overlap);
   return AD_OK;
 }

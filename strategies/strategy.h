@@ -10,6 +10,7 @@
 
 typedef struct ad_strategy_opts {
   double bucket_mb;   /* all-reduce bucket size in MiB (default 25, like PyTorch DDP) */
+  int compress_fp16;  /* all-reduce gradients as IEEE binary16 (--compress fp16) */
 } ad_strategy_opts;
 
 /* Data-parallel all-reduce: gradients are grouped into buckets in the order the

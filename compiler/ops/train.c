@@ -187,17 +187,55 @@ static void cost_update(const ad_node *n, double *flops, double *bytes) {
  * contiguous in memory by the memory plan): AllReduceStart/AllReduceWait
  * around compute it overlaps with, or blocking AllReduce ---- */
 
-static ad_status lower_allreduce_start(ad_cg *cg, const ad_node *n) {
+/* With attribute compress=1 the last input is the bucket's binary16 staging
+ * buffer: the gradients (contiguous from in[0]) are rounded to it before the
+ * all-reduce and widened back after. */
+typedef struct {
+  LLVMValueRef f32, f16;
+  int to_half;
+} convert_ctx;
+
+static void convert_body(ad_cg *cg, LLVMValueRef i, void *vctx) {
+  convert_ctx *c = vctx;
+  LLVMBuilderRef b = ad_cg_builder(cg);
+  LLVMTypeRef half = LLVMHalfTypeInContext(ad_cg_context(cg));
+  LLVMValueRef pf = LLVMBuildGEP2(b, ad_cg_f32_type(cg), c->f32, &i, 1, "");
+  LLVMValueRef ph = LLVMBuildGEP2(b, half, c->f16, &i, 1, "");
+  if (c->to_half)
+    LLVMBuildStore(b, LLVMBuildFPTrunc(b, LLVMBuildLoad2(b, ad_cg_f32_type(cg), pf, ""), half, ""),
+                   ph);
+  else
+    LLVMBuildStore(b, LLVMBuildFPExt(b, LLVMBuildLoad2(b, half, ph, ""), ad_cg_f32_type(cg), ""),
+                   pf);
+}
+
+static int64_t bucket_count(const ad_node *n, int compressed) {
   int64_t count = 0;
-  for (int i = 0; i < n->n_in; i++)
+  for (int i = 0; i < n->n_in - compressed; i++)
     count += ad_value_numel(n->in[i]);
-  LLVMValueRef rt = ad_cg_rt(cg), buf = ad_cg_ptr(cg, n->in[0]), cnt = ad_cg_i64(cg, count);
-  if (!strcmp(n->op_type, "AllReduce")) {
+  return count;
+}
+
+static void convert_bucket(ad_cg *cg, const ad_node *n, int to_half) {
+  convert_ctx c = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->in[n->n_in - 1]), to_half};
+  ad_cg_loop(cg, ad_cg_i64(cg, bucket_count(n, 1)), convert_body, &c);
+}
+
+static ad_status lower_allreduce_start(ad_cg *cg, const ad_node *n) {
+  int z = (int)ad_attr_int(n, "compress", 0);
+  int blocking = !strcmp(n->op_type, "AllReduce");
+  if (z)
+    convert_bucket(cg, n, 1);
+  LLVMValueRef rt = ad_cg_rt(cg), cnt = ad_cg_i64(cg, bucket_count(n, z));
+  LLVMValueRef buf = ad_cg_ptr(cg, n->in[z ? n->n_in - 1 : 0]);
+  if (blocking) {
     LLVMValueRef args[3] = {rt, buf, cnt};
-    ad_cg_call_void(cg, "ad_rt_allreduce", 3, args);
+    ad_cg_call_void(cg, z ? "ad_rt_allreduce_f16" : "ad_rt_allreduce", 3, args);
+    if (z)
+      convert_bucket(cg, n, 0);
   } else {
     LLVMValueRef args[4] = {rt, ad_cg_i64(cg, ad_attr_int(n, "bucket", 0)), buf, cnt};
-    ad_cg_call_void(cg, "ad_rt_allreduce_start", 4, args);
+    ad_cg_call_void(cg, z ? "ad_rt_allreduce_start_f16" : "ad_rt_allreduce_start", 4, args);
   }
   return AD_OK;
 }
@@ -205,6 +243,8 @@ static ad_status lower_allreduce_start(ad_cg *cg, const ad_node *n) {
 static ad_status lower_allreduce_wait(ad_cg *cg, const ad_node *n) {
   LLVMValueRef args[2] = {ad_cg_rt(cg), ad_cg_i64(cg, ad_attr_int(n, "bucket", 0))};
   ad_cg_call_void(cg, "ad_rt_allreduce_wait", 2, args);
+  if (ad_attr_int(n, "compress", 0))
+    convert_bucket(cg, n, 0);
   return AD_OK;
 }
 
@@ -221,7 +261,7 @@ const ad_op ad_ops_train[] = {
     INTERNAL_CALL("SgdUpdate", 2, 3, 0, infer_none, NULL, lower_update, cost_update),
     INTERNAL_CALL("AdamUpdate", 4, 4, 0, infer_none, NULL, lower_update, cost_update),
     INTERNAL_CALL("AllReduceStart", 1, 1 << 20, 0, infer_none, NULL, lower_allreduce_start, NULL),
-    INTERNAL_CALL("AllReduceWait", 0, 0, 0, infer_none, NULL, lower_allreduce_wait, NULL),
+    INTERNAL_CALL("AllReduceWait", 1, 1 << 20, 0, infer_none, NULL, lower_allreduce_wait, NULL),
     INTERNAL_CALL("AllReduce", 1, 1 << 20, 0, infer_none, NULL, lower_allreduce_start, NULL),
     {0},
 };
