@@ -72,6 +72,8 @@ extern const ad_op ad_ops_linear[];
 extern const ad_op ad_ops_conv[];
 extern const ad_op ad_ops_softmax[];
 extern const ad_op ad_ops_train[];
+extern const ad_op ad_ops_index[];
+extern const ad_op ad_ops_reduce[];
 
 /* ---- autodiff API for grad functions (implemented in autodiff.c) ---- */
 

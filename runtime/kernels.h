@@ -88,6 +88,19 @@ void ad_k_pad_bwd(const int64_t *p, const float *dy, float *dx);
 /* y[0] += sum of the n contiguous floats at x; p = {n} (kernels_reduce.c). */
 void ad_k_sum_row(const int64_t *p, const float *x, float *y);
 
+/* Gather along one axis (runtime/kernels_index.c): data viewed as [outer, n, inner],
+ * idx a flat list of m int64 (or int32 when p[4] = 1) indices, negative ones
+ * counting from the end; p = {outer, n, inner, m, idx_is_i32}; y is [outer, m, inner].
+ * An index out of range gives a NaN row. scatter_add is its gradient:
+ * dx = 0, then dx[o, idx[j], :] += dy[o, j, :] (repeated indices accumulate;
+ * out-of-range ones are skipped). */
+void ad_k_gather(const int64_t *p, const float *x, const void *idx, float *y);
+void ad_k_scatter_add(const int64_t *p, const float *dy, const void *idx, float *dx);
+
+/* y = (sum of x over the axes whose mask is 1) / div, y dense over the kept
+ * axes: p = {rank, dims[rank]..., mask[rank]..., div_bits} (kernels_index.c). */
+void ad_k_reduce_axes(const int64_t *p, const float *x, float *y);
+
 /* ---- communication, called from generated code; `rt` is the handle the
  * worker passed to ad_step. Implemented in runtime/comm.c over the backend. ----
  * Starts an in-place sum all-reduce of `count` floats at `buf` as bucket

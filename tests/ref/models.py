@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 # The ONNX ops autodist compiles (docs/ops.md); an export may use no others.
 OPS = frozenset("""Gemm MatMul Add Sub Mul Div Relu Sigmoid Tanh Softmax LogSoftmax Conv MaxPool
-AveragePool GlobalAveragePool Flatten Reshape Transpose Pad Constant Identity Dropout""".split())
+AveragePool GlobalAveragePool Flatten Reshape Transpose Pad Constant Identity Dropout Gather
+ReduceMean ReduceSum""".split())
 
 OPSET = 13
 SEED = 0
@@ -70,6 +71,27 @@ class CNN(nn.Module):
     return self.fc2(x)
 
 
+class EmbedBag(nn.Module):
+  """Text classification: token ids [batch, seq] -> embedding rows -> mean over
+  the sequence -> Linear -> ReLU -> Linear. torch.mean(dim=1) exports as
+  Gather + ReduceMean (axes [1], keepdims 0)."""
+
+  def __init__(self, vocab, dim, hidden, classes):
+    super().__init__()
+    self.emb = nn.Embedding(vocab, dim)
+    self.fc1 = nn.Linear(dim, hidden)
+    self.fc2 = nn.Linear(hidden, classes)
+
+  def forward(self, x):
+    # The reference trainer (torch_train.py) casts every input to the float
+    # dtype it trains in; token ids go back to int64 here. Not traced on export,
+    # where the ids already are int64.
+    if x.dtype != torch.long:
+      x = x.long()
+    h = torch.mean(self.emb(x), dim=1)
+    return self.fc2(F.relu(self.fc1(h)))
+
+
 # name -> (constructor, shape of one sample, kind of output)
 # "classes": logits for cross_entropy over 10 classes; "regress": 3 floats for mse.
 MODELS = {
@@ -81,7 +103,16 @@ MODELS = {
     "mlp_mse": (lambda: MLP([16, 32, 3], act="tanh"), (16,), "regress"),
     # examples/digits: sklearn digits are 8x8 = 64 features, 10 classes.
     "digits_mlp": (lambda: MLP([64, 128, 64, 10]), (64,), "classes"),
+    # Embedding models (issue 3): int64 token ids in, 4 class logits out.
+    "embed_small": (lambda: EmbedBag(500, 16, 16, 4), (8,), "classes"),
+    # examples/embedding: a 50,000-word vocabulary, 16 tokens per document.
+    "embed": (lambda: EmbedBag(50000, 32, 64, 4), (16,), "classes"),
 }
+
+# Models whose input is int64 token ids: name -> vocabulary size. Their
+# outputs are 4 class logits (CLASSES), not 10.
+VOCAB = {"embed_small": 500, "embed": 50000}
+CLASSES = {"embed_small": 4, "embed": 4}
 
 
 def build(name, seed=SEED):
@@ -99,8 +130,9 @@ def sample_shape(name):
 
 
 def outputs(name):
-  """Width of the model's output: 10 logits, or 3 regression targets."""
-  return 10 if MODELS[name][2] == "classes" else 3
+  """Width of the model's output: 10 logits (4 for the embedding models), or 3
+  regression targets."""
+  return CLASSES.get(name, 10) if MODELS[name][2] == "classes" else 3
 
 
 def onnx_op_types(path_or_model):
@@ -109,11 +141,12 @@ def onnx_op_types(path_or_model):
   return [n.op_type for n in m.graph.node]
 
 
-def export_module(module, sample_shape_, path, opset=OPSET):
-  """Exports `module` to `path`: input "input" and output "logits" with a
-  dynamic first axis "batch", parameters as initializers, constants folded.
-  Returns the list of op types; raises if one is outside OPS."""
-  x = torch.zeros((2,) + tuple(sample_shape_), dtype=torch.float32)
+def export_module(module, sample_shape_, path, opset=OPSET, dtype=torch.float32):
+  """Exports `module` to `path`: input "input" (of `dtype`: int64 for token
+  ids) and output "logits" with a dynamic first axis "batch", parameters as
+  initializers, constants folded. Returns the list of op types; raises if one
+  is outside OPS."""
+  x = torch.zeros((2,) + tuple(sample_shape_), dtype=dtype)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   torch.onnx.export(module, (x,), path, export_params=True, opset_version=opset,
                     do_constant_folding=True, input_names=["input"], output_names=["logits"],
@@ -128,7 +161,8 @@ def export_module(module, sample_shape_, path, opset=OPSET):
 def export(name, path, seed=SEED, opset=OPSET):
   """Builds model `name` (seeded) and exports it; returns (module, op types)."""
   m = build(name, seed)
-  return m, export_module(m, sample_shape(name), path, opset)
+  dtype = torch.int64 if name in VOCAB else torch.float32
+  return m, export_module(m, sample_shape(name), path, opset, dtype)
 
 
 def main(argv):

@@ -260,11 +260,24 @@ def main():
     for opt in [SGD, ADAM]:
       cases.append((name, {"loss": "cross_entropy", "batch_size": BATCH, "optimizer": opt}))
   cases.append(("mlp_mse", {"loss": "mse", "batch_size": BATCH, "optimizer": SGD}))
+  # Embedding lookup (Gather into a 500-row table, its scatter-add gradient)
+  # and ReduceMean over the sequence.
+  for opt in [SGD, ADAM]:
+    cases.append(("embed_small", {"loss": "cross_entropy", "batch_size": BATCH, "optimizer": opt}))
   all_ok = True
   for name, cfg in cases:
     kind = models.MODELS[name][2]
     x, y = common.random_data(models.sample_shape(name), N, kind, seed=2,
                               outputs=models.outputs(name))
+    if name in models.VOCAB:
+      # Token ids, drawn from a small part of the vocabulary so that rows
+      # repeat within a batch (their gradients accumulate) and most rows
+      # get no gradient at all.
+      rng = np.random.default_rng(3)
+      x = rng.integers(0, 60, size=x.shape).astype(np.int64)
+      x[0, :3] = models.VOCAB[name] - 1  # the last row, three times in one sample
+      if not os.path.exists(os.path.join(work, name + ".onnx")):
+        models.export(name, os.path.join(work, name + ".onnx"))
     ref = torch_train.train_onnx(name, os.path.join(work, name + ".onnx"), x, y, cfg, STEPS)
     # How far float32 rounding alone moves the reference (for the record: the
     # tolerance must stay well above it).
