@@ -121,6 +121,10 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   }
   for (int i = 0; i < n_data && st == AD_OK; i++) {
     ad_value *v = in_vals[i];
+    if (v->dtype == AD_I32 && !strcmp(arrays[i].dtype, "int64"))
+      st = ad_npy_narrow_int32(data[i].file, &arrays[i]);
+    if (st != AD_OK)
+      break;
     int ok = arrays[i].rank == v->rank && !strcmp(arrays[i].dtype, ad_dtype_name(v->dtype));
     for (int d = v->batched ? 1 : 0; ok && d < v->rank; d++)
       ok = arrays[i].dims[d] == v->dims[d];
@@ -129,9 +133,9 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       memcpy(want, v->dims, sizeof want);
       if (v->batched)
         want[0] = N;
-      st = ad_fail(AD_ERR_INPUT, "%s: error: %s %s does not fit input '%s' (%s %s)",
-                   data[i].file, arrays[i].dtype, ad_shape_str(arrays[i].rank, arrays[i].dims),
-                   v->name, ad_dtype_name(v->dtype), ad_shape_str(v->rank, want));
+      st = ad_fail(AD_ERR_INPUT, "%s: error: %s %s does not fit input '%s' (%s %s)", data[i].file,
+                   arrays[i].dtype, ad_shape_str(arrays[i].rank, arrays[i].dims), v->name,
+                   ad_dtype_name(v->dtype), ad_shape_str(v->rank, want));
     }
   }
   for (int k = 0; k < (g ? g->inputs.len : 0) && st == AD_OK; k++) {
@@ -157,8 +161,8 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       st = ad_fail(AD_ERR_INPUT,
                    "error: --out %s: output %s has no batch axis, so %lld samples cannot be "
                    "run in chunks of %lld",
-                   outs[i].name, ad_shape_str(out_vals[i]->rank, out_vals[i]->dims),
-                   (long long)N, (long long)chunk);
+                   outs[i].name, ad_shape_str(out_vals[i]->rank, out_vals[i]->dims), (long long)N,
+                   (long long)chunk);
   }
   char bc[64];
   snprintf(bc, sizeof bc, "/tmp/autodist-infer-%d.bc", (int)getpid());

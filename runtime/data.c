@@ -225,10 +225,12 @@ static ad_status check_names(const ad_plan *plan, const ad_run_opts *o) {
 }
 
 /* dtype and per-sample shape of one file against its tensor. */
-static ad_status check_array(const ad_plan_tensor *t, const char *path, const ad_npy *a) {
+static ad_status check_array(const ad_plan_tensor *t, const char *path, ad_npy *a) {
   char want[256], got[256];
   shape_str(want, sizeof want, t->rank, t->dims, true);
   shape_str(got, sizeof got, a->rank, a->dims, false);
+  if (!strcmp(t->dtype, "int32") && !strcmp(a->dtype, "int64"))
+    AD_TRY(ad_npy_narrow_int32(path, a));
   if (strcmp(a->dtype, t->dtype))
     return ad_fail(AD_ERR_INPUT, "%s: error: dtype %s %s does not fit %s '%s' of the plan: %s %s",
                    path, a->dtype, got, t->role == AD_ROLE_LABEL ? "label" : "input", t->name,
@@ -354,6 +356,8 @@ static int64_t dtype_size(const char *dtype) {
     return 4;
   if (!strcmp(dtype, "int64"))
     return 8;
+  if (!strcmp(dtype, "int32"))
+    return 4;
   AD_ASSERT(!strcmp(dtype, "uint8") || !strcmp(dtype, "bool"));
   return 1;
 }

@@ -317,6 +317,24 @@ ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64
   return st;
 }
 
+ad_status ad_npy_narrow_int32(const char *path, ad_npy *a) {
+  AD_ASSERT(!strcmp(a->dtype, "int64"));
+  const int64_t *src = a->data;
+  int32_t *dst = ad_xmalloc((size_t)(a->numel ? a->numel : 1) * sizeof *dst);
+  for (int64_t i = 0; i < a->numel; i++) {
+    if (src[i] < INT32_MIN || src[i] > INT32_MAX) {
+      free(dst);
+      return ad_fail(AD_ERR_INPUT, "%s: error: element %lld (%lld) does not fit the int32 input",
+                     path, (long long)i, (long long)src[i]);
+    }
+    dst[i] = (int32_t)src[i];
+  }
+  free(a->data);
+  a->data = dst;
+  snprintf(a->dtype, sizeof a->dtype, "int32");
+  return AD_OK;
+}
+
 void ad_npy_free(ad_npy *a) {
   free(a->data);
   a->data = NULL;

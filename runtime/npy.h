@@ -24,5 +24,9 @@ ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_n
 ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64_t *dims,
                       const void *data);
 void ad_npy_free(ad_npy *a);
+/* Narrows a loaded int64 array to int32 in place (for a model input of type
+ * int32, since integer files load as int64); a value outside int32 is an input
+ * error naming the file and the element. */
+ad_status ad_npy_narrow_int32(const char *path, ad_npy *a);
 
 #endif

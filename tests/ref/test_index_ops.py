@@ -206,10 +206,42 @@ def check_table_grad(opset, verbose):
     return None
 
 
-def _table_onnx(w, opset):
+def check_fed_int32(verbose):
+    """A fed int32 input: integer .npy files load as int64 and are narrowed for
+    an int32 input (infer and an inference plan), matching onnxruntime; a value
+    outside int32 is exit 2 naming the file and element."""
+    w = rand(10, 3)
+    ids = np.array([[1, 9, 0, -1], [3, 3, 5, -10]], np.int32)
+    ref = T.ort_run(_table_onnx(w, 13, TensorProto.INT32), {"ids": ids})[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(_table_onnx(w, 13, TensorProto.INT32), os.path.join(tmp, "m.onnx"))
+        np.save(os.path.join(tmp, "ids.npy"), ids)
+        np.save(os.path.join(tmp, "big.npy"), np.array([[1, 2, 3, 2**31]] * 2, np.int64))
+        with open(os.path.join(tmp, "t.yml"), "w") as f:
+            f.write("batch_size: 2\n")
+        for args in (["infer", "m.onnx", "--data", "ids=ids.npy", "--out", "y=y.npy"],
+                     ["compile", "m.onnx", "--infer", "-t", "t.yml", "-o", "plan"],
+                     ["run", "plan", "--data", "ids=ids.npy", "--out", "y=y2.npy"]):
+            r = T.autodist(args, tmp)
+            if r.returncode != 0:
+                return "%s failed (%d): %s" % (args[0], r.returncode, r.stderr.strip())
+        for out in ("y.npy", "y2.npy"):
+            got = np.load(os.path.join(tmp, out))
+            if got.shape != ref.shape or not np.allclose(got, ref, T.RTOL, T.ATOL):
+                return "%s differs from onnxruntime" % out
+        want = "big.npy: error: element 3 (2147483648) does not fit the int32 input"
+        for args in (["infer", "m.onnx", "--data", "ids=big.npy", "--out", "y=y.npy"],
+                     ["run", "plan", "--data", "ids=big.npy", "--out", "y=y3.npy"]):
+            r = T.autodist(args, tmp)
+            if r.returncode != 2 or want not in r.stderr:
+                return "%s with big.npy: exit %d, %s" % (args[0], r.returncode, r.stderr.strip())
+    return None
+
+
+def _table_onnx(w, opset, ids_type=TensorProto.INT64):
     node = helper.make_node("Gather", ["w", "ids"], ["y"], name="n0")
     graph = helper.make_graph([node], "table",
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
+                              [helper.make_tensor_value_info("ids", ids_type, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(w, "w")])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -247,6 +279,8 @@ def main():
         name = "grad_table_op%d" % opset
         if pattern in name:
             report(name, check_table_grad(opset, verbose))
+    if pattern in "fed_int32":
+        report("fed_int32", check_fed_int32(verbose))
     print("test_index_ops: %d/%d passed" % (ran - failed, ran))
     return 1 if failed else 0
 
