@@ -84,8 +84,8 @@ LLVMValueRef ad_cg_intrinsic(ad_cg *cg, const char *name, int n_args, LLVMValueR
 }
 
 void ad_cg_call_void(ad_cg *cg, const char *name, int n_args, LLVMValueRef *args) {
-  LLVMTypeRef types[8];
-  AD_ASSERT(n_args <= 8);
+  LLVMTypeRef types[17];
+  AD_ASSERT(n_args <= 17);
   for (int i = 0; i < n_args; i++)
     types[i] = LLVMTypeOf(args[i]);
   LLVMTypeRef fty = LLVMFunctionType(cg->voidt, types, (unsigned)n_args, 0);
@@ -138,14 +138,7 @@ LLVMValueRef ad_cg_scratch(ad_cg *cg, size_t bytes) {
 
 void ad_cg_call_kernel(ad_cg *cg, const char *fn_name, const int64_t *params, int n_params,
                        LLVMValueRef *ptrs, int n_ptrs) {
-  LLVMTypeRef arg_types[17];
   AD_ASSERT(n_ptrs <= 16);
-  for (int i = 0; i <= n_ptrs; i++)
-    arg_types[i] = cg->ptr;
-  LLVMTypeRef fty = LLVMFunctionType(cg->voidt, arg_types, (unsigned)n_ptrs + 1, 0);
-  LLVMValueRef fn = LLVMGetNamedFunction(cg->mod, fn_name);
-  if (!fn)
-    fn = LLVMAddFunction(cg->mod, fn_name, fty);
   LLVMValueRef *vals = ad_xmalloc(sizeof(LLVMValueRef) * (size_t)(n_params ? n_params : 1));
   for (int i = 0; i < n_params; i++)
     vals[i] = ad_cg_i64(cg, params[i]);
@@ -161,7 +154,7 @@ void ad_cg_call_kernel(ad_cg *cg, const char *fn_name, const int64_t *params, in
   args[0] = gv;
   for (int i = 0; i < n_ptrs; i++)
     args[i + 1] = ptrs[i];
-  LLVMBuildCall2(cg->b, fty, fn, args, (unsigned)n_ptrs + 1, "");
+  ad_cg_call_void(cg, fn_name, n_ptrs + 1, args);
 }
 
 void ad_cg_loop(ad_cg *cg, LLVMValueRef n, ad_cg_loop_body body, void *ctx) {
