@@ -1,7 +1,9 @@
 /*
  * runtime/comm.c: the backend-independent half of the communication layer
  * (see comm.h): the handle, byte accounting, the single-rank shortcut, and the
- * C ABI that generated code calls (ad_rt_allreduce_start/wait).
+ * C ABI that generated code calls (ad_rt_allreduce_start/wait). The
+ * parameter-server calls (ad_rt_ps_*) live in runtime/ps.c and reach this
+ * handle through ad_comm_ps, ad_comm_add_bytes and ad_comm_record.
  *
  * Generated code cannot take an ad_status, so a failing backend call is
  * recorded in the handle (the first failure wins) and later calls become
@@ -20,7 +22,9 @@
 struct ad_comm {
   const ad_comm_backend *backend;
   void *ctx;
-  int rank, size;
+  int rank, size;   /* over the ranks the collectives run on */
+  bool worker;      /* false on a parameter server */
+  void *ps;         /* the worker's parameter-server state (runtime/ps.c) */
   int64_t bytes;    /* since the last ad_comm_take_bytes */
   ad_status failed; /* first backend failure, AD_OK when none */
   char failure[1024];
@@ -39,6 +43,7 @@ ad_comm *ad_comm_create(const ad_comm_backend *backend, void *ctx, int rank, int
   c->ctx = ctx;
   c->rank = rank;
   c->size = size;
+  c->worker = true;
   return c;
 }
 
@@ -48,6 +53,21 @@ int ad_comm_rank(const ad_comm *c) {
 int ad_comm_size(const ad_comm *c) {
   return c->size;
 }
+ad_status ad_comm_set_workers(ad_comm *c, int replicas) {
+  AD_ASSERT(replicas >= 1 && replicas <= c->size);
+  if (replicas == c->size)
+    return AD_OK;
+  AD_TRY(c->backend->set_workers(c->ctx, replicas));
+  c->worker = c->rank < replicas;
+  if (c->worker)
+    c->size = replicas;
+  return AD_OK;
+}
+
+bool ad_comm_is_worker(const ad_comm *c) {
+  return c->worker;
+}
+
 ad_device_type ad_comm_device(const ad_comm *c) {
   return c->backend->device;
 }
@@ -55,29 +75,33 @@ const char *ad_comm_backend_name(const ad_comm *c) {
   return c->backend->name;
 }
 
-static void record(ad_comm *c, ad_status st) {
+void ad_comm_record(ad_comm *c, ad_status st) {
   if (st == AD_OK || c->failed != AD_OK)
     return;
   c->failed = st;
   snprintf(c->failure, sizeof c->failure, "%s", ad_error_message());
 }
 
+bool ad_comm_failed(const ad_comm *c) {
+  return c->failed != AD_OK;
+}
+
 static const int64_t elem_bytes[AD_COMM_ELEM_COUNT] = {4, 2};
 
 void ad_comm_allreduce_start(ad_comm *c, int64_t bucket, void *buf, int64_t count,
                              ad_comm_elem elem) {
-  AD_ASSERT(bucket >= 0 && count >= 0);
+  AD_ASSERT(bucket >= 0 && count >= 0 && c->worker);
   if (c->size == 1 || c->failed != AD_OK)
     return;
   c->bytes += count * elem_bytes[elem];
-  record(c, c->backend->allreduce_start(c->ctx, bucket, buf, count, elem));
+  ad_comm_record(c, c->backend->allreduce_start(c->ctx, bucket, buf, count, elem));
 }
 
 void ad_comm_allreduce_wait(ad_comm *c, int64_t bucket) {
   AD_ASSERT(bucket >= 0);
   if (c->size == 1 || c->failed != AD_OK)
     return;
-  record(c, c->backend->allreduce_wait(c->ctx, bucket));
+  ad_comm_record(c, c->backend->allreduce_wait(c->ctx, bucket));
 }
 
 void ad_comm_allreduce(ad_comm *c, void *buf, int64_t count, ad_comm_elem elem) {
@@ -85,7 +109,7 @@ void ad_comm_allreduce(ad_comm *c, void *buf, int64_t count, ad_comm_elem elem) 
   if (c->size == 1 || c->failed != AD_OK)
     return;
   c->bytes += count * elem_bytes[elem];
-  record(c, c->backend->allreduce(c->ctx, buf, count, elem));
+  ad_comm_record(c, c->backend->allreduce(c->ctx, buf, count, elem));
 }
 
 ad_status ad_comm_check(const ad_comm *c) {
@@ -100,13 +124,28 @@ int64_t ad_comm_take_bytes(ad_comm *c) {
   return b;
 }
 
+void ad_comm_add_bytes(ad_comm *c, int64_t n) {
+  AD_ASSERT(n >= 0);
+  c->bytes += n;
+}
+
+void ad_comm_set_ps(ad_comm *c, void *ps) {
+  c->ps = ps;
+}
+
+void *ad_comm_ps(const ad_comm *c) {
+  return c->ps;
+}
+
 ad_status ad_comm_sum_f64(ad_comm *c, double *vals, int n) {
+  AD_ASSERT(c->worker);
   if (c->size == 1)
     return AD_OK;
   return c->backend->sum_f64(c->ctx, vals, n);
 }
 
 ad_status ad_comm_gather(ad_comm *c, const void *send, int64_t bytes, void *recv) {
+  AD_ASSERT(c->worker);
   if (c->size == 1) {
     if (bytes)
       memmove(recv, send, (size_t)bytes);

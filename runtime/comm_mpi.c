@@ -8,6 +8,11 @@
  * MPI_UINT16_T with a user sum op. Counts above INT_MAX elements are split into
  * several requests per bucket (MPI counts are int).
  *
+ * Collectives run over `comm`: MPI_COMM_WORLD, or after set_workers the
+ * communicator of the workers (MPI_Comm_split of ranks 0..n_workers-1), so
+ * that parameter servers (the other ranks) take part in none. The servers'
+ * point-to-point traffic (runtime/ps.c) uses MPI_COMM_WORLD directly.
+ *
  * MPI's default error handler aborts the job on a failed call; the launcher
  * notices the dead processes and reports them. The status checks below cover
  * the error-returning handler too.
@@ -29,6 +34,7 @@ typedef struct mpi_ctx {
   bucket *buckets;
   int64_t n_buckets;
   MPI_Op sum_f16; /* user op: binary16 sum (MPI has no half type) */
+  MPI_Comm comm;  /* the collectives' ranks: MPI_COMM_WORLD or the workers' */
 } mpi_ctx;
 
 /* inout[i] = in[i] + inout[i] in binary16: the float32 sum of two halves rounded
@@ -84,7 +90,7 @@ static ad_status mpi_allreduce_start(void *ctx, int64_t b, void *buf, int64_t co
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
     AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op,
-                                    MPI_COMM_WORLD, &bk->req[bk->n_req++]),
+                                    m->comm, &bk->req[bk->n_req++]),
                      "MPI_Iallreduce"));
   }
   bk->active = 1;
@@ -102,29 +108,32 @@ static ad_status mpi_allreduce_wait(void *ctx, int64_t b) {
 /* Blocking: OpenMPI's blocking all-reduce is faster than its non-blocking one
  * (libnbc) when there is nothing to overlap. */
 static ad_status mpi_allreduce(void *ctx, void *buf, int64_t count, ad_comm_elem elem) {
+  mpi_ctx *m = ctx;
   MPI_Datatype type;
   MPI_Op op;
   size_t size;
   elem_mpi(ctx, elem, &type, &op, &size);
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
-    AD_TRY(mpi_check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op,
-                                   MPI_COMM_WORLD),
-                     "MPI_Allreduce"));
+    AD_TRY(mpi_check(
+        MPI_Allreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op, m->comm),
+        "MPI_Allreduce"));
   }
   return AD_OK;
 }
 
 static ad_status mpi_sum_f64(void *ctx, double *vals, int n) {
-  return mpi_check(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+  mpi_ctx *m = ctx;
+  return mpi_check(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, m->comm),
                    "MPI_Allreduce");
 }
 
 static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *recv) {
   /* MPI_Gatherv with equal counts (the contract allows per-rank sizes later). */
+  mpi_ctx *m = ctx;
   int size, rank;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(m->comm, &size);
+  MPI_Comm_rank(m->comm, &rank);
   if (bytes > INT_MAX || bytes * size > INT_MAX)
     return ad_fail(AD_ERR_JOB, "error: gather of %lld bytes per rank is too large",
                    (long long)bytes);
@@ -135,17 +144,30 @@ static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *re
     displs[r] = (int)(bytes * r);
   }
   ad_status st = mpi_check(MPI_Gatherv(send, (int)bytes, MPI_BYTE, rank == 0 ? recv : NULL, counts,
-                                       displs, MPI_BYTE, 0, MPI_COMM_WORLD),
+                                       displs, MPI_BYTE, 0, m->comm),
                            "MPI_Gatherv");
   free(counts);
   free(displs);
   return st;
 }
 
+/* Ranks from n_workers on get MPI_COMM_NULL: they must call no collective. */
+static ad_status mpi_set_workers(void *ctx, int n_workers) {
+  mpi_ctx *m = ctx;
+  AD_ASSERT(m->comm == MPI_COMM_WORLD);
+  int rank;
+  AD_TRY(mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
+  return mpi_check(
+      MPI_Comm_split(MPI_COMM_WORLD, rank < n_workers ? 0 : MPI_UNDEFINED, rank, &m->comm),
+      "MPI_Comm_split");
+}
+
 static ad_status mpi_finalize(void *ctx) {
   mpi_ctx *m = ctx;
   if (m->sum_f16 != MPI_OP_NULL)
     MPI_Op_free(&m->sum_f16);
+  if (m->comm != MPI_COMM_WORLD && m->comm != MPI_COMM_NULL)
+    MPI_Comm_free(&m->comm);
   return mpi_check(MPI_Finalize(), "MPI_Finalize");
 }
 
@@ -165,6 +187,7 @@ static const ad_comm_backend mpi_backend = {
     .allreduce = mpi_allreduce,
     .sum_f64 = mpi_sum_f64,
     .gather = mpi_gather,
+    .set_workers = mpi_set_workers,
     .finalize = mpi_finalize,
     .destroy = mpi_destroy,
 };
@@ -178,6 +201,7 @@ ad_status ad_comm_create_mpi(ad_comm **out) {
   AD_TRY(mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
   AD_TRY(mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size"));
   mpi_ctx *m = ad_xcalloc(1, sizeof(mpi_ctx));
+  m->comm = MPI_COMM_WORLD;
   AD_TRY(mpi_check(MPI_Op_create(sum_f16, 1, &m->sum_f16), "MPI_Op_create"));
   *out = ad_comm_create(&mpi_backend, m, rank, size);
   return AD_OK;

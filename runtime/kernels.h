@@ -116,4 +116,36 @@ void ad_rt_allreduce(void *rt, float *buf, int64_t count);
 void ad_rt_allreduce_start_f16(void *rt, int64_t bucket, uint16_t *buf, int64_t count);
 void ad_rt_allreduce_f16(void *rt, uint16_t *buf, int64_t count);
 
+/* ---- parameter servers (runtime/ps.c), called from generated code of the
+ * server strategies (ps, ps-lb, partitioned-ps, parallax). Server s is MPI
+ * rank replicas + s; `shard` indexes the plan's shards list. Per step and
+ * server a worker appends segments to its push message (ad_rt_ps_add,
+ * ad_rt_ps_add_rows), sends it (ad_rt_ps_push, non-blocking), and before the
+ * next step blocks for the server's reply (ad_rt_ps_pull), from which it copies
+ * the new values of the dense shards (ad_rt_ps_take). Sparse shards are read
+ * on demand (ad_rt_ps_pull_rows, before the lookup that needs them).
+ * Failures are recorded like the all-reduce's (ad_comm_check). ---- */
+/* Appends the dense gradient of `shard` (`bytes` bytes at src). */
+void ad_rt_ps_add(void *rt, int64_t server, int64_t shard, const void *src, int64_t bytes);
+/* Appends the rows of a sparse shard that a lookup touched: for each of the m
+ * indices idx[j] (int64, or int32 when is_i32; negative ones count from the
+ * end of the n_rows-row table, out-of-range ones are skipped) within
+ * [row0, row0 + rows), row idx[j] - row0 of the shard gets the `inner` floats
+ * of dy row j. Repeated rows are summed in order of j and sent once. */
+void ad_rt_ps_add_rows(void *rt, int64_t server, int64_t shard, int64_t row0, int64_t rows,
+                       int64_t n_rows, const void *idx, int64_t m, int64_t is_i32,
+                       const float *dy, int64_t inner);
+/* Sends the appended segments as step `step`'s push (non-blocking). */
+void ad_rt_ps_push(void *rt, int64_t server, int64_t step);
+/* Blocks until the server's reply to the last push has arrived. */
+void ad_rt_ps_pull(void *rt, int64_t server);
+/* Copies the new value of dense `shard` (bytes bytes) from that reply to dst. */
+void ad_rt_ps_take(void *rt, int64_t server, int64_t shard, void *dst, int64_t bytes);
+/* Fetches the current value of the rows of sparse `shard` that idx touches
+ * (same index rules as ad_rt_ps_add_rows) into the worker's full copy of the
+ * table: global row r is at table + r * inner. Blocking. */
+void ad_rt_ps_pull_rows(void *rt, int64_t server, int64_t shard, int64_t row0, int64_t rows,
+                        int64_t n_rows, const void *idx, int64_t m, int64_t is_i32, float *table,
+                        int64_t inner);
+
 #endif

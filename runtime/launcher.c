@@ -5,8 +5,9 @@
  * process starts: the options, the plan (ad_plan_load verifies its hashes),
  * the data files against the plan's tensors (runtime/data.c). Then the job is
  * one mpirun in its own process group, running `autodist __worker` once per
- * device, with $AD_RUN_DIR pointing at a fresh temporary folder where each
- * worker leaves rank<R>.pid ("PID HOST"), rank<R>.done or rank<R>.err.
+ * device (parameter servers included: they are the ranks from `replicas` on,
+ * and messages name them "server S (rank R, ...)"), with $AD_RUN_DIR pointing at a fresh temporary
+ * folder where each worker leaves rank<R>.pid ("PID HOST"), rank<R>.done or rank<R>.err.
  *
  * The launcher supervises rather than trusts mpirun: every 100 ms it checks
  * whether mpirun exited, whether a worker wrote .err, and whether a worker
@@ -424,11 +425,20 @@ static void death_cause(const job *j, int rank, char *out, size_t cap) {
   snprintf(out, cap, "exit status unknown");
 }
 
-static const char *node_of(const job *j, int rank) {
+/* "worker rank 1 (localhost, pid 4242)" or, for a parameter server,
+ * "server 0 (rank 2, localhost, pid 4243)". */
+static const char *who(const job *j, int rank, char *out, size_t cap) {
+  const ad_plan_device *dv = NULL;
   for (int i = 0; i < j->plan->n_devices; i++)
     if (j->plan->devices[i].rank == rank)
-      return j->plan->devices[i].node;
-  return "?";
+      dv = &j->plan->devices[i];
+  const char *node = dv ? dv->node : "?";
+  if (dv && dv->role == AD_DEVICE_SERVER)
+    snprintf(out, cap, "server %d (rank %d, %s, pid %d)", rank - j->plan->replicas, rank, node,
+             j->ranks[rank].pid);
+  else
+    snprintf(out, cap, "worker rank %d (%s, pid %d)", rank, node, j->ranks[rank].pid);
+  return out;
 }
 
 /* Waits for mpirun's own word on a death (up to 1.5 s), so the message can
@@ -447,6 +457,7 @@ static void await_notice(job *j, int rank) {
 }
 
 static ad_status supervise(job *j) {
+  char name[512];
   for (;;) {
     struct pollfd pfd = {.fd = j->err_fd, .events = POLLIN};
     int rc = poll(&pfd, j->err_fd >= 0 ? 1 : 0, 100);
@@ -462,8 +473,7 @@ static ad_status supervise(job *j) {
     int r = find_error(j, msg, sizeof msg);
     if (r >= 0) {
       stop_job(j);
-      return ad_fail(AD_ERR_JOB, "worker rank %d (%s, pid %d): %s", r, node_of(j, r),
-                     j->ranks[r].pid, msg);
+      return ad_fail(AD_ERR_JOB, "%s: %s", who(j, r, name, sizeof name), msg);
     }
     r = find_vanished(j);
     if (r >= 0) {
@@ -472,13 +482,11 @@ static ad_status supervise(job *j) {
       int e = find_error(j, msg, sizeof msg);
       stop_job(j);
       if (e >= 0)
-        return ad_fail(AD_ERR_JOB, "worker rank %d (%s, pid %d): %s", e, node_of(j, e),
-                       j->ranks[e].pid, msg);
+        return ad_fail(AD_ERR_JOB, "%s: %s", who(j, e, name, sizeof name), msg);
       char cause[64];
       death_cause(j, r, cause, sizeof cause);
-      return ad_fail(AD_ERR_JOB,
-                     "error: worker rank %d (%s, pid %d) died (%s); the job was stopped", r,
-                     node_of(j, r), j->ranks[r].pid, cause);
+      return ad_fail(AD_ERR_JOB, "error: %s died (%s); the job was stopped",
+                     who(j, r, name, sizeof name), cause);
     }
     reap_mpirun(j, WNOHANG);
     if (!j->mpirun) {
@@ -501,15 +509,13 @@ static ad_status supervise(job *j) {
       int e = find_error(j, msg, sizeof msg);
       stop_job(j);
       if (e >= 0)
-        return ad_fail(AD_ERR_JOB, "worker rank %d (%s, pid %d): %s", e, node_of(j, e),
-                       j->ranks[e].pid, msg);
+        return ad_fail(AD_ERR_JOB, "%s: %s", who(j, e, name, sizeof name), msg);
       for (int k = 0; k < j->n; k++)
         if (j->ranks[k].pid > 0 && !j->ranks[k].done) {
           char cause[64];
           death_cause(j, k, cause, sizeof cause);
-          return ad_fail(AD_ERR_JOB,
-                         "error: worker rank %d (%s, pid %d) died (%s); the job was stopped", k,
-                         node_of(j, k), j->ranks[k].pid, cause);
+          return ad_fail(AD_ERR_JOB, "error: %s died (%s); the job was stopped",
+                         who(j, k, name, sizeof name), cause);
         }
       int started = 0, done = 0;
       for (int k = 0; k < j->n; k++) {

@@ -6,7 +6,8 @@
  * and escaped, so names like "1" or "yes" stay strings for any YAML reader) and
  * hashes every listed file. The reader is strict and distrustful: the format
  * and autodist version must match, every value is range-checked (tensors inside
- * the arena, weights inside weights.bin, modules listed as files), file paths
+ * the arena, weights inside weights.bin, modules listed as files, workers then
+ * servers, shards inside their parameter and their server's arena), file paths
  * must stay inside the plan folder, and every hash must match, all before any
  * process starts. Every pointer in an ad_plan is malloc'd and owned by the plan
  * (ad_plan_free frees them one by one, so a half-read plan is freed the same
@@ -36,17 +37,30 @@ static const struct {
               {"int64", 8},   {"uint64", 8},  {"bool", 1}};
 
 static const char *const top_keys[] = {
-    "format",       "autodist_version", "model_sha256", "strategy", "training",
-    "global_batch", "replicas",         "mem_bytes",    "loss",     "devices",
-    "tensors",      "buckets",          "files",        NULL};
-static const char *const device_keys[] = {"rank", "node", "type", "id", "module", NULL};
+    "format",   "autodist_version", "model_sha256", "strategy", "training", "global_batch",
+    "replicas", "mem_bytes",        "loss",         "devices",  "tensors",  "buckets",
+    "sync",     "staleness",        "shards",       "files",    NULL};
+static const char *const device_keys[] = {"rank", "role",   "node",      "type",
+                                          "id",   "module", "mem_bytes", NULL};
 static const char *const tensor_keys[] = {"name",   "role", "dtype", "dims",
                                           "offset", "init", "bytes", NULL};
 static const char *const bucket_keys[] = {"offset", "bytes", NULL};
+static const char *const shard_keys[] = {
+    "var", "server", "row0", "rows", "row_bytes", "sparse", "param_offset", "grad_offset", NULL};
 static const char *const file_keys[] = {"path", "sha256", NULL};
+static const char *const device_role_names[AD_DEVICE_ROLE_COUNT] = {"worker", "server"};
+static const char *const sync_names[AD_SYNC_MODE_COUNT] = {"sync", "stale", "async"};
 
 const char *ad_role_name(ad_tensor_role r) {
   return r >= 0 && r < AD_ROLE_COUNT ? role_names[r] : "?";
+}
+
+const char *ad_device_role_name(ad_device_role r) {
+  return r >= 0 && r < AD_DEVICE_ROLE_COUNT ? device_role_names[r] : "?";
+}
+
+const char *ad_sync_mode_name(ad_sync_mode m) {
+  return m >= 0 && m < AD_SYNC_MODE_COUNT ? sync_names[m] : "?";
 }
 
 static int dtype_size(const char *name) {
@@ -174,13 +188,15 @@ static ad_status emit(const ad_plan *pl, char (*hashes)[65], FILE *f) {
     fputs(" []", f);
   for (int i = 0; i < pl->n_devices; i++) {
     const ad_plan_device *dv = &pl->devices[i];
-    fprintf(f, "\n  - {rank: %d, node: ", dv->rank);
+    /* A worker's arena is the plan's (the compiler may leave the field 0). */
+    int64_t mem = dv->role == AD_DEVICE_WORKER ? pl->mem_bytes : dv->mem_bytes;
+    fprintf(f, "\n  - {rank: %d, role: %s, node: ", dv->rank, ad_device_role_name(dv->role));
     put_str(f, dv->node);
     fputs(", type: ", f);
     put_str(f, dv->type);
     fprintf(f, ", id: %d, module: ", dv->id);
     put_str(f, dv->module);
-    fputs("}", f);
+    fprintf(f, ", mem_bytes: %lld}", (long long)mem);
   }
   fputs("\ntensors:", f);
   if (!pl->n_tensors)
@@ -203,6 +219,21 @@ static ad_status emit(const ad_plan *pl, char (*hashes)[65], FILE *f) {
   for (int i = 0; i < pl->n_buckets; i++)
     fprintf(f, "\n  - {offset: %lld, bytes: %lld}", (long long)pl->buckets[i].offset,
             (long long)pl->buckets[i].bytes);
+  fputs("\nsync: ", f);
+  put_str(f, ad_sync_mode_name(pl->sync));
+  fprintf(f, "\nstaleness: %d\nshards:", pl->staleness);
+  if (!pl->n_shards)
+    fputs(" []", f);
+  for (int i = 0; i < pl->n_shards; i++) {
+    const ad_plan_shard *sh = &pl->shards[i];
+    fputs("\n  - {var: ", f);
+    put_str(f, sh->var);
+    fprintf(f,
+            ", server: %d, row0: %lld, rows: %lld, row_bytes: %lld, sparse: %s, "
+            "param_offset: %lld, grad_offset: %lld}",
+            sh->server, (long long)sh->row0, (long long)sh->rows, (long long)sh->row_bytes,
+            sh->sparse ? "true" : "false", (long long)sh->param_offset, (long long)sh->grad_offset);
+  }
   fputs("\nfiles:", f);
   if (!pl->n_files)
     fputs(" []", f);
@@ -225,7 +256,13 @@ ad_status ad_plan_write(const ad_plan *pl, const char *dir) {
     AD_TRY(check_write_str("a device node", pl->devices[i].node));
     AD_TRY(check_write_str("a device type", pl->devices[i].type));
     AD_TRY(check_write_str("a device module", pl->devices[i].module));
+    AD_ASSERT(pl->devices[i].role >= 0 && pl->devices[i].role < AD_DEVICE_ROLE_COUNT);
+    AD_ASSERT(pl->devices[i].role != AD_DEVICE_WORKER || !pl->devices[i].mem_bytes ||
+              pl->devices[i].mem_bytes == pl->mem_bytes);
   }
+  AD_ASSERT(pl->sync >= 0 && pl->sync < AD_SYNC_MODE_COUNT);
+  for (int i = 0; i < pl->n_shards; i++)
+    AD_TRY(check_write_str("a shard var", pl->shards[i].var));
   for (int i = 0; i < pl->n_tensors; i++) {
     AD_TRY(check_write_str("a tensor name", pl->tensors[i].name));
     AD_ASSERT(pl->tensors[i].rank >= 0 && pl->tensors[i].rank <= 8);
@@ -293,6 +330,21 @@ static ad_status get_int32(const ad_yaml_doc *d, const ad_yaml_node *m, const ch
   return AD_OK;
 }
 
+/* A string key naming one of n values: *out is its index. `hint` ends the
+ * message for an unknown name (may be ""). */
+static ad_status get_enum(const ad_yaml_doc *d, const ad_yaml_node *m, const char *key,
+                          const char *const *names, int n, const char *what, const char *hint,
+                          int *out) {
+  const ad_yaml_node *v;
+  const char *s;
+  AD_TRY(ad_yaml_require(d, m, key, &v));
+  AD_TRY(ad_yaml_string(d, v, key, &s));
+  for (*out = 0; *out < n; (*out)++)
+    if (!strcmp(s, names[*out]))
+      return AD_OK;
+  return ad_yaml_error(d, v, "unknown %s '%s'%s", what, s, hint);
+}
+
 static ad_status get_list(const ad_yaml_doc *d, const ad_yaml_node *m, const char *key,
                           const ad_yaml_node **out) {
   AD_TRY(ad_yaml_require(d, m, key, out));
@@ -321,14 +373,8 @@ static ad_status read_tensor(const ad_yaml_doc *d, const ad_yaml_node *m, const 
     return ad_yaml_error(d, ad_yaml_get(m, "name"), "a tensor name must not be empty");
   const ad_yaml_node *v;
   const char *s;
-  int role = -1;
-  AD_TRY(ad_yaml_require(d, m, "role", &v));
-  AD_TRY(ad_yaml_string(d, v, "role", &s));
-  for (int r = 0; r < AD_ROLE_COUNT; r++)
-    if (!strcmp(s, role_names[r]))
-      role = r;
-  if (role < 0)
-    return ad_yaml_error(d, v, "unknown tensor role '%s'", s);
+  int role;
+  AD_TRY(get_enum(d, m, "role", role_names, AD_ROLE_COUNT, "tensor role", "", &role));
   t->role = (ad_tensor_role)role;
   AD_TRY(ad_yaml_require(d, m, "dtype", &v));
   AD_TRY(ad_yaml_string(d, v, "dtype", &s));
@@ -361,6 +407,84 @@ static ad_status read_tensor(const ad_yaml_doc *d, const ad_yaml_node *m, const 
                          (long long)t->bytes);
   bool weight = t->role == AD_ROLE_PARAM || t->role == AD_ROLE_FROZEN;
   AD_TRY(get_int(d, m, "init", weight ? 0 : -1, weight ? MAX_BYTES : -1, &t->init));
+  return AD_OK;
+}
+
+/* Whether byte ranges [a, a + n) and [b, b + m) share a byte. */
+static bool ranges_overlap(int64_t a, int64_t n, int64_t b, int64_t m) {
+  return n > 0 && m > 0 && a < b + m && b < a + n;
+}
+
+/* Shard i, checked against its variable, its server's arena and the shards
+ * before it (devices and tensors are already read). */
+static ad_status read_shard(const ad_yaml_doc *d, const ad_yaml_node *m, ad_plan *pl, int i) {
+  ad_plan_shard *sh = &pl->shards[i];
+  ad_status st;
+  AD_TRY(entry_map(d, m, "shards", shard_keys));
+  if (!(sh->var = dup_str(d, m, "var", &st)))
+    return st;
+  const ad_plan_tensor *t = NULL;
+  for (int k = 0; k < pl->n_tensors; k++)
+    if (pl->tensors[k].role == AD_ROLE_PARAM && !strcmp(pl->tensors[k].name, sh->var))
+      t = &pl->tensors[k];
+  if (!t)
+    return ad_yaml_error(d, ad_yaml_get(m, "var"), "shard variable '%s' is not a param tensor",
+                         sh->var);
+  if (strcmp(t->dtype, "float32"))
+    return ad_yaml_error(d, ad_yaml_get(m, "var"),
+                         "shard variable '%s' is %s; servers hold float32 parameters", sh->var,
+                         t->dtype);
+  if (pl->n_servers == 0)
+    return ad_yaml_error(d, m, "shard of '%s' but the plan has no server devices", sh->var);
+  AD_TRY(get_int32(d, m, "server", 0, pl->n_servers - 1, &sh->server));
+  int64_t n_rows = t->rank ? t->dims[0] : 1;
+  AD_TRY(get_int(d, m, "row0", 0, n_rows, &sh->row0));
+  AD_TRY(get_int(d, m, "rows", 1, n_rows, &sh->rows));
+  if (sh->row0 + sh->rows > n_rows)
+    return ad_yaml_error(d, m, "shard of '%s' (rows %lld..%lld) ends past its %lld rows", sh->var,
+                         (long long)sh->row0, (long long)(sh->row0 + sh->rows - 1),
+                         (long long)n_rows);
+  AD_TRY(get_int(d, m, "row_bytes", 4, t->bytes, &sh->row_bytes));
+  if (sh->row_bytes % 4 || sh->row_bytes > t->bytes / n_rows)
+    return ad_yaml_error(d, ad_yaml_get(m, "row_bytes"),
+                         "'row_bytes' %lld does not fit: '%s' has %lld rows of float32 in %lld "
+                         "bytes",
+                         (long long)sh->row_bytes, sh->var, (long long)n_rows, (long long)t->bytes);
+  const ad_yaml_node *v;
+  AD_TRY(ad_yaml_require(d, m, "sparse", &v));
+  AD_TRY(ad_yaml_bool(d, v, "sparse", &sh->sparse));
+  const ad_plan_device *srv = &pl->devices[pl->replicas + sh->server];
+  int64_t bytes = sh->rows * sh->row_bytes;
+  AD_TRY(get_int(d, m, "param_offset", 0, srv->mem_bytes, &sh->param_offset));
+  AD_TRY(get_int(d, m, "grad_offset", 0, srv->mem_bytes, &sh->grad_offset));
+  const char *const what[2] = {"param_offset", "grad_offset"};
+  const int64_t at[2] = {sh->param_offset, sh->grad_offset};
+  for (int k = 0; k < 2; k++)
+    if (at[k] + bytes > srv->mem_bytes)
+      return ad_yaml_error(d, ad_yaml_get(m, what[k]),
+                           "shard of '%s' (%s %lld, %lld bytes) ends past server %d's "
+                           "mem_bytes %lld",
+                           sh->var, what[k], (long long)at[k], (long long)bytes, sh->server,
+                           (long long)srv->mem_bytes);
+  if (ranges_overlap(sh->param_offset, bytes, sh->grad_offset, bytes))
+    return ad_yaml_error(d, m, "shard of '%s': its param and grad ranges overlap", sh->var);
+  for (int j = 0; j < i; j++) {
+    const ad_plan_shard *o = &pl->shards[j];
+    if (!strcmp(o->var, sh->var) && ranges_overlap(o->row0, o->rows, sh->row0, sh->rows))
+      return ad_yaml_error(d, m, "shard of '%s' (rows %lld..%lld) overlaps an earlier one", sh->var,
+                           (long long)sh->row0, (long long)(sh->row0 + sh->rows - 1));
+    if (o->server != sh->server)
+      continue;
+    int64_t ob = o->rows * o->row_bytes;
+    for (int a = 0; a < 2; a++)
+      for (int b = 0; b < 2; b++)
+        if (ranges_overlap(at[a], bytes, b ? o->grad_offset : o->param_offset, ob))
+          return ad_yaml_error(d, ad_yaml_get(m, what[a]),
+                               "shard of '%s': its %s range overlaps the %s range of the shard "
+                               "of '%s' on server %d",
+                               sh->var, a ? "grad" : "param", b ? "grad" : "param", o->var,
+                               sh->server);
+  }
   return AD_OK;
 }
 
@@ -441,12 +565,35 @@ static ad_status read_plan(const ad_yaml_doc *d, ad_plan *pl) {
     pl->n_devices = i + 1;
     AD_TRY(entry_map(d, m, "devices", device_keys));
     AD_TRY(get_int32(d, m, "rank", i, i, &dv->rank));
+    /* Workers first (they are the replicas, ranks 0..replicas-1), then the
+     * servers: every rank past the replicas is a server. */
+    int role;
+    AD_TRY(get_enum(d, m, "role", device_role_names, AD_DEVICE_ROLE_COUNT, "device role",
+                    " (expected worker or server)", &role));
+    dv->role = (ad_device_role)role;
+    v = ad_yaml_get(m, "role");
+    if (i < pl->replicas && dv->role != AD_DEVICE_WORKER)
+      return ad_yaml_error(d, v, "device rank %d must be a worker: ranks 0..%d are the %d replicas",
+                           i, pl->replicas - 1, pl->replicas);
+    if (i >= pl->replicas && dv->role != AD_DEVICE_SERVER)
+      return ad_yaml_error(d, v,
+                           "device rank %d must be a server: ranks from %d on are parameter "
+                           "servers (replicas: %d)",
+                           i, pl->replicas, pl->replicas);
+    if (dv->role == AD_DEVICE_SERVER && !pl->training)
+      return ad_yaml_error(d, v, "an inference plan has no parameter servers");
+    pl->n_servers += dv->role == AD_DEVICE_SERVER;
     if (!(dv->node = dup_str(d, m, "node", &st)) || !(dv->type = dup_str(d, m, "type", &st)))
       return st;
     if (strcmp(dv->type, "cpu") && strcmp(dv->type, "gpu"))
       return ad_yaml_error(d, ad_yaml_get(m, "type"), "device type must be cpu or gpu, got '%s'",
                            dv->type);
-    AD_TRY(get_int32(d, m, "id", 0, 1000000, &dv->id));
+    AD_TRY(get_int32(d, m, "id", -1, 1000000, &dv->id));
+    AD_TRY(get_int(d, m, "mem_bytes", 0, MAX_BYTES, &dv->mem_bytes));
+    if (dv->role == AD_DEVICE_WORKER && dv->mem_bytes != pl->mem_bytes)
+      return ad_yaml_error(d, ad_yaml_get(m, "mem_bytes"),
+                           "a worker's 'mem_bytes' must be the plan's mem_bytes %lld, got %lld",
+                           (long long)pl->mem_bytes, (long long)dv->mem_bytes);
     if (!(dv->module = dup_str(d, m, "module", &st)))
       return st;
     bool listed = false;
@@ -481,6 +628,22 @@ static ad_status read_plan(const ad_yaml_doc *d, ad_plan *pl) {
     if (b->offset + b->bytes > pl->mem_bytes)
       return ad_yaml_error(d, m, "bucket (offset %lld, %lld bytes) ends past mem_bytes %lld",
                            (long long)b->offset, (long long)b->bytes, (long long)pl->mem_bytes);
+  }
+
+  int sync;
+  AD_TRY(get_enum(d, root, "sync", sync_names, AD_SYNC_MODE_COUNT, "sync mode",
+                  " (expected sync, stale or async)", &sync));
+  pl->sync = (ad_sync_mode)sync;
+  AD_TRY(get_int32(d, root, "staleness", 0, 1000000, &pl->staleness));
+  if (pl->sync != AD_SYNC_STALE && pl->staleness != 0)
+    return ad_yaml_error(d, ad_yaml_get(root, "staleness"),
+                         "'staleness' must be 0 unless sync is \"stale\", got %d", pl->staleness);
+
+  AD_TRY(get_list(d, root, "shards", &list));
+  pl->shards = ad_xcalloc((size_t)list->n + 1, sizeof(ad_plan_shard));
+  for (int i = 0; i < list->n; i++) {
+    pl->n_shards = i + 1;
+    AD_TRY(read_shard(d, list->items[i], pl, i));
   }
   return AD_OK;
 }
@@ -560,6 +723,9 @@ void ad_plan_free(ad_plan *pl) {
     free(pl->tensors[i].name);
   free(pl->tensors);
   free(pl->buckets);
+  for (int i = 0; i < pl->n_shards; i++)
+    free(pl->shards[i].var);
+  free(pl->shards);
   for (int i = 0; i < pl->n_files; i++)
     free(pl->files[i].path);
   free(pl->files);

@@ -45,13 +45,43 @@ typedef struct ad_plan_tensor {
   int64_t bytes;
 } ad_plan_tensor;
 
+typedef enum ad_device_role {
+  AD_DEVICE_WORKER,     /* a replica: runs ad_step on its slice of the batch */
+  AD_DEVICE_SERVER,     /* a parameter server: holds shards, applies their updates */
+  AD_DEVICE_ROLE_COUNT
+} ad_device_role;
+
+const char *ad_device_role_name(ad_device_role r);
+
 typedef struct ad_plan_device {
-  int rank;
+  int rank;             /* workers are ranks 0..replicas-1, server s is rank replicas+s */
+  ad_device_role role;
   char *node;           /* address from the resource spec */
   char *type;           /* "cpu" */
-  int id;               /* CPU core (or GPU index) */
+  int id;               /* CPU core (or GPU index); -1: not pinned (servers) */
   char *module;         /* file name of its bitcode */
+  int64_t mem_bytes;    /* its arena (workers: the plan's mem_bytes) */
 } ad_plan_device;
+
+/* How servers synchronise the workers' pushes (docs/strategies.md). */
+typedef enum ad_sync_mode {
+  AD_SYNC_BSP,          /* sum every worker's push of step k, apply once, then reply */
+  AD_SYNC_STALE,        /* apply each push; reply when the slowest is at most K behind */
+  AD_SYNC_ASYNC,        /* apply each push and reply at once */
+  AD_SYNC_MODE_COUNT
+} ad_sync_mode;
+
+const char *ad_sync_mode_name(ad_sync_mode m);
+
+/* One shard of a server-held parameter: rows [row0, row0 + rows) along axis 0. */
+typedef struct ad_plan_shard {
+  char *var;            /* the PARAM tensor it belongs to */
+  int server;           /* server index s (MPI rank replicas + s) */
+  int64_t row0, rows, row_bytes;
+  bool sparse;          /* pushed and pulled by row index (parallax), not whole */
+  int64_t param_offset; /* in the server's arena */
+  int64_t grad_offset;  /* in the server's arena: its gradient accumulator */
+} ad_plan_shard;
 
 typedef struct ad_plan_bucket {
   int64_t offset, bytes; /* contiguous gradient range in the arena */
@@ -66,7 +96,7 @@ typedef struct ad_plan {
   int format;           /* 1 */
   char *autodist_version;
   char *model_sha256;   /* of the ONNX file given to compile */
-  char *strategy;       /* "allreduce" */
+  char *strategy;       /* "allreduce", "ps", "ps-lb", "partitioned-ps", "parallax" */
   bool training;        /* false: inference plan (ad_forward) */
   int64_t global_batch; /* B: samples per step over all replicas */
   int replicas;
@@ -78,6 +108,11 @@ typedef struct ad_plan {
   ad_plan_tensor *tensors;
   int n_buckets;
   ad_plan_bucket *buckets;
+  int n_servers;        /* devices with role server (ranks replicas..) */
+  ad_sync_mode sync;
+  int staleness;        /* AD_SYNC_STALE: K */
+  int n_shards;         /* any order: generated code names a shard by its index */
+  ad_plan_shard *shards;
   int n_files;
   ad_plan_file *files;
   char *dir;            /* folder the plan was loaded from (not written) */

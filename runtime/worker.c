@@ -2,6 +2,13 @@
  * runtime/worker.c: `autodist __worker PLAN [run options]`, one process of a
  * job, started by `autodist run` through mpirun (rank and size come from MPI).
  *
+ * A process whose plan device is a parameter server (ranks from `replicas`
+ * on) runs the server loop of runtime/ps.c instead and prints nothing; the
+ * collectives below (loss and byte sums, output gathers) run over the workers
+ * only (ad_comm_set_workers). With servers, each worker tells them it is done
+ * after its last step, and worker 0 takes the servers' final weights into its
+ * arena before --save.
+ *
  * A worker loads the plan, pins itself to its CPU core, JIT-compiles its
  * device module for this CPU, lays out its arena (parameters from
  * weights.bin, everything else zero), and then runs the step loop: copy its
@@ -24,6 +31,7 @@
 #include "jit.h"
 #include "onnx_save.h"
 #include "plan.h"
+#include "ps.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -45,8 +53,10 @@ typedef struct worker {
   ad_run_opts opts;
   ad_plan *plan;
   ad_comm *comm;
-  int rank, size;
+  int rank; /* in the job (workers: also among the workers) */
+  int size; /* processes of the job; after setup, on a worker: the workers */
   const ad_plan_device *device;
+  ad_ps_worker *ps; /* with servers: this worker's side of them */
   ad_jit *jit;
   char *mem;
   ad_npy *arrays;               /* one per opts.data */
@@ -87,10 +97,11 @@ static void write_status_file(int rank, const char *ext, const char *text) {
 
 static ad_status check_plan(worker *w) {
   const ad_plan *p = w->plan;
-  if (w->size != p->n_devices || p->replicas != p->n_devices)
+  if (w->size != p->n_devices || p->n_devices != p->replicas + p->n_servers)
     return ad_fail(AD_ERR_INPUT,
-                   "%s: error: the plan has %d devices (%d replicas) but the job has %d processes",
-                   p->dir, p->n_devices, p->replicas, w->size);
+                   "%s: error: the plan has %d devices (%d replicas, %d servers) but the job has "
+                   "%d processes",
+                   p->dir, p->n_devices, p->replicas, p->n_servers, w->size);
   if (p->global_batch <= 0 || p->global_batch % p->replicas)
     return ad_fail(AD_ERR_INPUT, "%s: error: global batch %lld does not split over %d replicas",
                    p->dir, (long long)p->global_batch, p->replicas);
@@ -118,9 +129,12 @@ static ad_status check_plan(worker *w) {
 }
 
 /* Pins to the device's core where this machine has it (the spec may describe
- * a bigger machine); otherwise runs unpinned, saying so once. */
+ * a bigger machine); otherwise runs unpinned, saying so once. id -1 (a
+ * server) means unpinned by design. */
 static void pin_to_core(const worker *w) {
   int core = w->device->id;
+  if (core == -1)
+    return;
   long n = sysconf(_SC_NPROCESSORS_CONF);
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -186,8 +200,12 @@ static ad_status setup(worker *w, int argc, char **argv) {
   AD_TRY(ad_run_opts_parse(argc, argv, &w->opts));
   AD_TRY(ad_plan_load(w->opts.plan_dir, &w->plan));
   AD_TRY(check_plan(w));
+  AD_TRY(ad_comm_set_workers(w->comm, w->plan->replicas));
   pin_to_core(w);
   openblas_set_num_threads(1);
+  if (w->device->role == AD_DEVICE_SERVER)
+    return AD_OK; /* ad_ps_server_run sets up the rest */
+  w->size = ad_comm_size(w->comm);
 
   char *module = plan_path(w->plan, w->device->module);
   ad_status st = ad_jit_create(module, &w->jit);
@@ -208,6 +226,8 @@ static ad_status setup(worker *w, int argc, char **argv) {
   }
   const char *tty = getenv("AD_TTY");
   w->tty = tty ? !strcmp(tty, "1") : isatty(2);
+  if (w->plan->n_servers)
+    w->ps = ad_ps_worker_create(w->plan, w->comm);
   return AD_OK;
 }
 
@@ -353,13 +373,20 @@ static ad_status train(worker *w) {
   free(rows);
   ad_data_order_free(&order);
   AD_TRY(st);
-  if (w->rank == 0)
+  if (w->ps)
+    AD_TRY(ad_ps_worker_finish(w->ps, w->mem));
+  if (w->rank == 0) {
+    char servers[64] = "";
+    if (p->n_servers)
+      snprintf(servers, sizeof servers, " and %d server%s", p->n_servers,
+               p->n_servers == 1 ? "" : "s");
     fprintf(stderr,
-            "autodist: trained %lld steps (%.2f epochs of %lld samples) on %d worker%s in "
+            "autodist: trained %lld steps (%.2f epochs of %lld samples) on %d worker%s%s in "
             "%.3f s: %.0f samples/s, final loss %.6g\n",
             (long long)steps, (double)steps * (double)p->global_batch / (double)w->n_samples,
-            (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", elapsed,
+            (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", servers, elapsed,
             (double)steps * (double)p->global_batch / (elapsed > 0 ? elapsed : 1e-9), loss);
+  }
 
   AD_TRY(save_model(w));
   /* --out after training: the outputs of the last global batch. */
@@ -426,6 +453,7 @@ static void worker_free(worker *w) {
   free(w->feeds);
   free(w->outs);
   free(w->mem);
+  ad_ps_worker_destroy(w->ps);
   ad_jit_destroy(w->jit);
   if (w->plan)
     ad_plan_free(w->plan);
@@ -446,7 +474,9 @@ ad_status ad_cmd_worker(int argc, char **argv) {
   write_status_file(w.rank, "pid", line);
 
   st = setup(&w, argc, argv);
-  if (st == AD_OK)
+  if (st == AD_OK && w.device->role == AD_DEVICE_SERVER)
+    st = ad_ps_server_run(w.plan, w.comm, w.rank - w.plan->replicas);
+  else if (st == AD_OK)
     st = w.plan->training ? train(&w) : infer(&w);
   if (st == AD_OK)
     st = ad_comm_finalize(w.comm);

@@ -1,7 +1,9 @@
 /*
  * tests/unit/test_plan.c: plan.yaml write -> load round trip, the exact layout
  * documented in docs/plan-format.md, and the loader's refusals (tampered file,
- * other format or version, tensors outside the arena, paths leaving the plan).
+ * other format or version, tensors outside the arena, paths leaving the plan,
+ * workers and servers out of place, shards outside their parameter or their
+ * server's arena). The sample plan has two workers and a parameter server.
  *
  * File hashes are compared with sha256sum's output for the same bytes
  * (computed outside the project), and the round-tripped manifest must also load
@@ -20,6 +22,7 @@
 /* sha256sum of the bytes written below. */
 #define SHA_DEV0 "f97480fc9ff014172828fd38ce092d12047d25ae7a743b8fffdb0f4c918a5d66"
 #define SHA_DEV1 "8a244db732729ce0757e2d5d1b31ceea6cf87af620356c89cd90ab3e9e223902"
+#define SHA_SRV0 "dfbe6847e25ed3804e10baef856d753372a8a963b3a0156481fe13291a36c410"
 #define SHA_ONNX "7e89398aeeeba2389c659c9eee508c74b99efe3bed7bd8e30ea63284bd0a83a1"
 #define SHA_WEIGHTS "06d1bf4aae75e801329467c4241c5b8e13ab47963b8cc6c3a9cc08e51184afa5"
 #define MODEL_SHA "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -48,9 +51,29 @@ static char *slurp(const char *name) {
   return buf;
 }
 
+/* Two workers and one parameter server (rank 2, unpinned). A worker's
+ * mem_bytes is left 0: the writer puts the plan's. */
 static ad_plan_device devices[] = {
-    {0, "localhost", "cpu", 0, "device0.bc"},
-    {1, "localhost", "cpu", 1, "device1.bc"},
+    {.rank = 0,
+     .role = AD_DEVICE_WORKER,
+     .node = "localhost",
+     .type = "cpu",
+     .id = 0,
+     .module = "device0.bc"},
+    {.rank = 1,
+     .role = AD_DEVICE_WORKER,
+     .node = "localhost",
+     .type = "cpu",
+     .id = 1,
+     .module = "device1.bc",
+     .mem_bytes = 384},
+    {.rank = 2,
+     .role = AD_DEVICE_SERVER,
+     .node = "localhost",
+     .type = "cpu",
+     .id = -1,
+     .module = "server0.bc",
+     .mem_bytes = 128},
 };
 static ad_plan_tensor tensors[] = {
     {"fc.weight", AD_ROLE_PARAM, "float32", 2, {2, 4}, 0, 0, 32},
@@ -63,8 +86,31 @@ static ad_plan_tensor tensors[] = {
     {"yes", AD_ROLE_OUTPUT, "float32", 2, {8, 4}, 256, -1, 128},
 };
 static ad_plan_bucket buckets[] = {{192, 32}};
-static ad_plan_file files[] = {
-    {"device0.bc", ""}, {"device1.bc", ""}, {"weights.bin", ""}, {"model.onnx", ""}};
+/* fc.weight whole on server 0; fc.bias as a sparse table of 4 one-float rows. */
+static ad_plan_shard shards[] = {
+    {.var = "fc.weight",
+     .server = 0,
+     .row0 = 0,
+     .rows = 2,
+     .row_bytes = 16,
+     .sparse = false,
+     .param_offset = 0,
+     .grad_offset = 32},
+    {.var = "fc.bias",
+     .server = 0,
+     .row0 = 1,
+     .rows = 3,
+     .row_bytes = 4,
+     .sparse = true,
+     .param_offset = 64,
+     .grad_offset = 80},
+};
+static ad_plan_file files[] = {{"device0.bc", ""},
+                               {"device1.bc", ""},
+                               {"server0.bc", ""},
+                               {"weights.bin", ""},
+                               {"model.onnx", ""}};
+#define N_FILES ((int)(sizeof files / sizeof *files))
 
 static ad_plan sample_plan(void) {
   ad_plan p = {0};
@@ -77,13 +123,18 @@ static ad_plan sample_plan(void) {
   p.replicas = 2;
   p.mem_bytes = 384;
   p.loss_kind = "cross_entropy";
-  p.n_devices = 2;
+  p.n_devices = 3;
   p.devices = devices;
   p.n_tensors = (int)(sizeof tensors / sizeof *tensors);
   p.tensors = tensors;
   p.n_buckets = 1;
   p.buckets = buckets;
-  p.n_files = 4;
+  p.n_servers = 1;
+  p.sync = AD_SYNC_STALE;
+  p.staleness = 2;
+  p.n_shards = 2;
+  p.shards = shards;
+  p.n_files = N_FILES;
   p.files = files;
   return p;
 }
@@ -101,8 +152,12 @@ static const char *golden =
     "mem_bytes: 384\n"
     "loss: \"cross_entropy\"\n"
     "devices:\n"
-    "  - {rank: 0, node: \"localhost\", type: \"cpu\", id: 0, module: \"device0.bc\"}\n"
-    "  - {rank: 1, node: \"localhost\", type: \"cpu\", id: 1, module: \"device1.bc\"}\n"
+    "  - {rank: 0, role: worker, node: \"localhost\", type: \"cpu\", id: 0, module: "
+    "\"device0.bc\", mem_bytes: 384}\n"
+    "  - {rank: 1, role: worker, node: \"localhost\", type: \"cpu\", id: 1, module: "
+    "\"device1.bc\", mem_bytes: 384}\n"
+    "  - {rank: 2, role: server, node: \"localhost\", type: \"cpu\", id: -1, module: "
+    "\"server0.bc\", mem_bytes: 128}\n"
     "tensors:\n"
     "  - {name: \"fc.weight\", role: param, dtype: \"float32\", dims: [2, 4], offset: 0, init: 0, "
     "bytes: 32}\n"
@@ -122,15 +177,24 @@ static const char *golden =
     "bytes: 128}\n"
     "buckets:\n"
     "  - {offset: 192, bytes: 32}\n"
+    "sync: \"stale\"\n"
+    "staleness: 2\n"
+    "shards:\n"
+    "  - {var: \"fc.weight\", server: 0, row0: 0, rows: 2, row_bytes: 16, sparse: false, "
+    "param_offset: 0, grad_offset: 32}\n"
+    "  - {var: \"fc.bias\", server: 0, row0: 1, rows: 3, row_bytes: 4, sparse: true, "
+    "param_offset: 64, grad_offset: 80}\n"
     "files:\n"
     "  - {path: \"device0.bc\", sha256: \"" SHA_DEV0 "\"}\n"
     "  - {path: \"device1.bc\", sha256: \"" SHA_DEV1 "\"}\n"
+    "  - {path: \"server0.bc\", sha256: \"" SHA_SRV0 "\"}\n"
     "  - {path: \"weights.bin\", sha256: \"" SHA_WEIGHTS "\"}\n"
     "  - {path: \"model.onnx\", sha256: \"" SHA_ONNX "\"}\n";
 
 static void write_sample_files(void) {
   put("device0.bc", "BC-device-0\n", 12);
   put("device1.bc", "BC-device-1\n", 12);
+  put("server0.bc", "BC-server-0\n", 12);
   put("model.onnx", "onnx\n", 5);
   float w[12];
   for (int i = 0; i < 12; i++)
@@ -163,6 +227,8 @@ static void test_round_trip(void) {
   CHECK(q->n_devices == p.n_devices);
   for (int i = 0; i < q->n_devices && i < p.n_devices; i++) {
     CHECK(q->devices[i].rank == p.devices[i].rank && q->devices[i].id == p.devices[i].id);
+    CHECK(q->devices[i].role == p.devices[i].role);
+    CHECK(q->devices[i].mem_bytes == (i < 2 ? 384 : 128));
     CHECK_STR(q->devices[i].node, p.devices[i].node);
     CHECK_STR(q->devices[i].type, p.devices[i].type);
     CHECK_STR(q->devices[i].module, p.devices[i].module);
@@ -178,15 +244,27 @@ static void test_round_trip(void) {
       CHECK(a->dims[j] == b->dims[j]);
   }
   CHECK(q->n_buckets == 1 && q->buckets[0].offset == 192 && q->buckets[0].bytes == 32);
-  CHECK(q->n_files == 4);
-  static const char *const sha[] = {SHA_DEV0, SHA_DEV1, SHA_WEIGHTS, SHA_ONNX};
-  for (int i = 0; i < q->n_files && i < 4; i++) {
+  CHECK(q->n_servers == 1 && q->sync == AD_SYNC_STALE && q->staleness == 2);
+  CHECK(q->n_shards == 2);
+  for (int i = 0; i < q->n_shards && i < 2; i++) {
+    const ad_plan_shard *a = &q->shards[i], *b = &shards[i];
+    CHECK_STR(a->var, b->var);
+    CHECK(a->server == b->server && a->row0 == b->row0 && a->rows == b->rows &&
+          a->row_bytes == b->row_bytes && a->sparse == b->sparse &&
+          a->param_offset == b->param_offset && a->grad_offset == b->grad_offset);
+  }
+  CHECK(q->n_files == N_FILES);
+  static const char *const sha[] = {SHA_DEV0, SHA_DEV1, SHA_SRV0, SHA_WEIGHTS, SHA_ONNX};
+  for (int i = 0; i < q->n_files && i < N_FILES; i++) {
     CHECK_STR(q->files[i].path, p.files[i].path);
     CHECK_STR(q->files[i].sha256, sha[i]);
   }
   CHECK(ad_plan_tensor_find(q, "fc.bias") == &q->tensors[1]);
   CHECK(ad_plan_tensor_find(q, "nope") == NULL);
   CHECK_STR(ad_role_name(AD_ROLE_GRAD), "grad");
+  CHECK_STR(ad_device_role_name(AD_DEVICE_SERVER), "server");
+  CHECK_STR(ad_sync_mode_name(AD_SYNC_BSP), "sync");
+  CHECK_STR(ad_sync_mode_name(AD_SYNC_ASYNC), "async");
 
   /* A plan is relocatable: the same manifest loads from another folder. */
   char moved[300];
@@ -263,48 +341,106 @@ static void test_refusals(void) {
   expect_edit_error("format: 1", "format: 2",
                     "%s/plan.yaml:3:9: error: plan format 2 is not supported (this autodist reads "
                     "format 1); recompile the plan");
-  expect_edit_error("mem_bytes: 384", "mem_bytes: 300",
-                    "%s/plan.yaml:23:5: error: tensor 'yes' (offset 256, 128 bytes) ends past "
-                    "mem_bytes 300");
+  expect_edit_error("offset: 256, init: -1", "offset: 300, init: -1",
+                    "%s/plan.yaml:24:5: error: tensor 'yes' (offset 300, 128 bytes) ends past "
+                    "mem_bytes 384");
+  expect_edit_error("mem_bytes: 384\nloss", "mem_bytes: 300\nloss",
+                    "%s/plan.yaml:13:101: error: a worker's 'mem_bytes' must be the plan's "
+                    "mem_bytes 300, got 384");
   expect_edit_error("role: state", "role: stat",
-                    "%s/plan.yaml:22:32: error: unknown tensor role 'stat'");
+                    "%s/plan.yaml:23:32: error: unknown tensor role 'stat'");
   expect_edit_error("dtype: \"int64\"", "dtype: \"int65\"",
-                    "%s/plan.yaml:19:41: error: unknown dtype 'int65'");
+                    "%s/plan.yaml:20:41: error: unknown dtype 'int65'");
   expect_edit_error("dims: [8], offset: 112, init: -1, bytes: 64",
                     "dims: [8], offset: 112, init: -1, bytes: 60",
-                    "%s/plan.yaml:19:91: error: tensor 'label' has 60 bytes, too few for its dims "
+                    "%s/plan.yaml:20:91: error: tensor 'label' has 60 bytes, too few for its dims "
                     "and dtype");
   expect_edit_error("offset: 32, init: 32, bytes: 16", "offset: 32, init: -1, bytes: 16",
-                    "%s/plan.yaml:17:83: error: 'init' must be between 0 and 1125899906842624, "
+                    "%s/plan.yaml:18:83: error: 'init' must be between 0 and 1125899906842624, "
                     "got -1");
   expect_edit_error("offset: 32, init: 32, bytes: 16", "offset: 32, init: 40, bytes: 16",
                     "%s/plan.yaml: error: tensor 'fc.bias' (init 40, 16 bytes) ends past the end "
                     "of weights.bin (48 bytes)");
   expect_edit_error("module: \"device1.bc\"", "module: \"device2.bc\"",
-                    "%s/plan.yaml:14:62: error: module 'device2.bc' is not listed under 'files'");
+                    "%s/plan.yaml:14:76: error: module 'device2.bc' is not listed under 'files'");
   expect_edit_error("rank: 1,", "rank: 0,",
                     "%s/plan.yaml:14:12: error: 'rank' must be between 1 and 1, got 0");
   expect_edit_error("path: \"model.onnx\"", "path: \"../model.onnx\"",
-                    "%s/plan.yaml:30:12: error: '../model.onnx' is not a path inside the plan "
+                    "%s/plan.yaml:37:12: error: '../model.onnx' is not a path inside the plan "
                     "folder");
   expect_edit_error("path: \"model.onnx\"", "path: \"/etc/passwd\"",
-                    "%s/plan.yaml:30:12: error: '/etc/passwd' is not a path inside the plan "
+                    "%s/plan.yaml:37:12: error: '/etc/passwd' is not a path inside the plan "
                     "folder");
-  expect_edit_error("replicas: 2", "replicas: 3",
-                    "%s/plan.yaml:9:11: error: 'replicas' is 3 but the plan lists 2 devices");
+  expect_edit_error("replicas: 2", "replicas: 4",
+                    "%s/plan.yaml:9:11: error: 'replicas' is 4 but the plan lists 3 devices");
   expect_edit_error("{offset: 192, bytes: 32}", "{offset: 380, bytes: 32}",
-                    "%s/plan.yaml:25:5: error: bucket (offset 380, 32 bytes) ends past mem_bytes "
+                    "%s/plan.yaml:26:5: error: bucket (offset 380, 32 bytes) ends past mem_bytes "
                     "384");
   expect_edit_error("training: true", "training: true\nepochs: 3",
                     "%s/plan.yaml:8:1: error: unknown key 'epochs' (expected one of: format, "
                     "autodist_version, model_sha256, strategy, training, global_batch, replicas, "
-                    "mem_bytes, loss, devices, tensors, buckets, files)");
+                    "mem_bytes, loss, devices, tensors, buckets, sync, staleness, shards, files)");
   expect_edit_error("model_sha256: \"0011", "model_sha256: \"0X11",
                     "%s/plan.yaml:5:15: error: 'model_sha256' must be 64 lowercase hex digits");
   expect_edit_error("name: \"x\", role: input", "name: \"loss\", role: loss",
-                    "%s/plan.yaml:20:5: error: tensor 'loss' is listed twice as loss");
+                    "%s/plan.yaml:21:5: error: tensor 'loss' is listed twice as loss");
   expect_edit_error("global_batch: 16\n", "",
                     "%s/plan.yaml:3:1: error: missing required key 'global_batch'");
+
+  /* Devices: workers are ranks 0..replicas-1, every later rank a server. */
+  expect_edit_error("rank: 2, role: server", "rank: 2, role: boss",
+                    "%s/plan.yaml:15:21: error: unknown device role 'boss' (expected worker or "
+                    "server)");
+  expect_edit_error("rank: 1, role: worker", "rank: 1, role: server",
+                    "%s/plan.yaml:14:21: error: device rank 1 must be a worker: ranks 0..1 are "
+                    "the 2 replicas");
+  expect_edit_error("replicas: 2", "replicas: 3",
+                    "%s/plan.yaml:15:21: error: device rank 2 must be a worker: ranks 0..2 are "
+                    "the 3 replicas");
+  expect_edit_error("replicas: 2", "replicas: 1",
+                    "%s/plan.yaml:14:21: error: device rank 1 must be a server: ranks from 1 on "
+                    "are parameter servers (replicas: 1)");
+  expect_edit_error("rank: 0, role: worker, ", "rank: 0, ",
+                    "%s/plan.yaml:13:5: error: missing required key 'role'");
+  expect_edit_error("id: -1", "id: -2",
+                    "%s/plan.yaml:15:65: error: 'id' must be between -1 and 1000000, got -2");
+  expect_edit_error("training: true", "training: false",
+                    "%s/plan.yaml:15:21: error: an inference plan has no parameter servers");
+
+  /* Synchronisation. */
+  expect_edit_error("sync: \"stale\"", "sync: \"bulk\"",
+                    "%s/plan.yaml:27:7: error: unknown sync mode 'bulk' (expected sync, stale or "
+                    "async)");
+  expect_edit_error("sync: \"stale\"", "sync: \"async\"",
+                    "%s/plan.yaml:28:12: error: 'staleness' must be 0 unless sync is \"stale\", "
+                    "got 2");
+
+  /* Shards: of a float32 param, inside its rows and inside the server's arena. */
+  expect_edit_error("var: \"fc.weight\"", "var: \"x\"",
+                    "%s/plan.yaml:30:11: error: shard variable 'x' is not a param tensor");
+  expect_edit_error("server: 0, row0: 0", "server: 1, row0: 0",
+                    "%s/plan.yaml:30:32: error: 'server' must be between 0 and 0, got 1");
+  expect_edit_error("row0: 1, rows: 3", "row0: 2, rows: 3",
+                    "%s/plan.yaml:31:5: error: shard of 'fc.bias' (rows 2..4) ends past its 4 "
+                    "rows");
+  expect_edit_error("row_bytes: 16", "row_bytes: 20",
+                    "%s/plan.yaml:30:64: error: 'row_bytes' 20 does not fit: 'fc.weight' has 2 "
+                    "rows of float32 in 32 bytes");
+  expect_edit_error("param_offset: 64", "param_offset: 120",
+                    "%s/plan.yaml:31:93: error: shard of 'fc.bias' (param_offset 120, 12 bytes) "
+                    "ends past server 0's mem_bytes 128");
+  expect_edit_error("param_offset: 64", "param_offset: 40",
+                    "%s/plan.yaml:31:93: error: shard of 'fc.bias': its param range overlaps the "
+                    "grad range of the shard of 'fc.weight' on server 0");
+  expect_edit_error("grad_offset: 80", "grad_offset: 70",
+                    "%s/plan.yaml:31:5: error: shard of 'fc.bias': its param and grad ranges "
+                    "overlap");
+  expect_edit_error("var: \"fc.bias\", server: 0, row0: 1, rows: 3, row_bytes: 4",
+                    "var: \"fc.weight\", server: 0, row0: 1, rows: 1, row_bytes: 4",
+                    "%s/plan.yaml:31:5: error: shard of 'fc.weight' (rows 1..1) overlaps an "
+                    "earlier one");
+  expect_edit_error("sparse: false", "sparse: 1",
+                    "%s/plan.yaml:30:76: error: 'sparse' must be true or false, got an integer");
 
   /* The same name under two roles (a model output named "loss" is also the loss). */
   ad_plan same = sample_plan();
@@ -324,11 +460,19 @@ static void test_refusals(void) {
   ad_plan inf = sample_plan();
   inf.training = false;
   inf.loss_kind = NULL;
+  inf.n_devices = 2; /* no server, no shards */
+  inf.n_servers = 0;
+  inf.n_shards = 0;
+  inf.sync = AD_SYNC_BSP;
+  inf.staleness = 0;
   CHECK(ad_plan_write(&inf, dir) == AD_OK);
+  CHECK(strstr(slurp("plan.yaml"), "\nbuckets:\n  - {offset: 192, bytes: 32}\nsync: \"sync\"\n"
+                                   "staleness: 0\nshards: []\nfiles:\n") != NULL);
   q = NULL;
   CHECK(ad_plan_load(dir, &q) == AD_OK);
   if (q) {
     CHECK(!q->training);
+    CHECK(q->n_devices == 2 && q->n_servers == 0 && q->n_shards == 0 && q->sync == AD_SYNC_BSP);
     CHECK_STR(q->loss_kind, "");
     ad_plan_free(q);
   }
@@ -357,8 +501,8 @@ static void test_refusals(void) {
 }
 
 static void cleanup(void) {
-  static const char *const names[] = {"plan.yaml", "device0.bc", "device1.bc", "weights.bin",
-                                      "model.onnx"};
+  static const char *const names[] = {"plan.yaml",  "device0.bc",  "device1.bc",
+                                      "server0.bc", "weights.bin", "model.onnx"};
   char p[512];
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     snprintf(p, sizeof p, "%s/%s", dir, names[i]);
