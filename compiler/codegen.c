@@ -339,7 +339,8 @@ static void fusion_plan(fusion *f) {
   f->fused = ad_xcalloc((size_t)nv, 1);
   f->must = ad_xcalloc((size_t)nv, 1);
   for (int i = 0; i < p->n_params; i++)
-    f->must[p->grads[i]->id] = 1;
+    if (p->grads[i]) /* NULL: a sparse gradient that only moves as rows */
+      f->must[p->grads[i]->id] = 1;
   if (p->loss)
     f->must[p->loss->id] = 1;
   for (int i = 0; i < g->outputs.len; i++)

@@ -10,6 +10,7 @@
 #include "../runtime/jit.h"
 #include "../runtime/npy.h"
 #include "../runtime/plan.h"
+#include "../strategies/cost.h"
 #include "../strategies/strategy.h"
 #include "codegen_module.h"
 #include "onnx_load.h"
@@ -27,24 +28,46 @@
 static const char compile_usage[] =
     "usage: autodist compile MODEL.onnx [-r SPEC.yml] [-t TRAIN.yml] [-s STRATEGY] [-o PLAN_DIR]\n"
     "                        [--infer] [--explain] [--bucket-mb MB] [--compress none|fp16]\n"
+    "                        [--servers N] [--shards N] [--sync | --staleness K | --async]\n"
+    "  -s  strategy: auto (default) | allreduce | ps | ps-lb | partitioned-ps | parallax\n"
     "  -r  resource spec (default: ./resource_spec.yml if present, else one local CPU worker)\n"
     "  -t  training config (default: ./train.yml if present, else defaults)\n"
-    "  -s  strategy: auto (default) | allreduce\n"
     "  -o  plan folder (default: plan)\n"
     "  --infer      compile a data-parallel inference plan (no loss, no training)\n"
-    "  --explain    print the strategy choice and its predicted costs\n"
+    "  --explain    print every candidate strategy's predicted costs and the choice\n"
     "  --bucket-mb  all-reduce bucket size in MiB (default 25)\n"
-    "  --compress   all-reduce gradients as float16 (fp16) or float32 (none, default)\n";
+    "  --compress   all-reduce gradients as float16 (fp16) or float32 (none, default)\n"
+    "  --servers    parameter servers (ps-lb, partitioned-ps, parallax; default one per node)\n"
+    "  --shards     shards per variable (partitioned-ps, parallax; default one per server)\n"
+    "  --sync       servers apply the sum of every worker's push once per step (default)\n"
+    "  --staleness  servers apply each push; a worker may run K steps ahead of the slowest\n"
+    "  --async      servers apply each push and answer at once\n";
 
 typedef struct compile_args {
   const char *model, *spec, *train, *strategy, *out;
   int infer, explain, compress_fp16;
   double bucket_mb;
+  int bucket_given;             /* --bucket-mb or --compress fp16 was given */
+  int servers, shards;          /* 0: the strategy's default */
+  const char *sync_flag;        /* the last of --sync/--staleness/--async given, or NULL */
+  ad_sync_mode sync;
+  int staleness;
 } compile_args;
 
 static int file_exists(const char *path) {
   struct stat st;
   return stat(path, &st) == 0;
+}
+
+/* A positive integer option value (argv[i + 1]). */
+static ad_status int_option(int argc, char **argv, int i, int min, int *out) {
+  char *end = NULL;
+  long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
+  if (i + 1 >= argc || !*argv[i + 1] || *end || v < min || v > 1 << 20)
+    return ad_fail(AD_ERR_INPUT, "error: %s needs an integer >= %d\n%s", argv[i], min,
+                   compile_usage);
+  *out = (int)v;
+  return AD_OK;
 }
 
 static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
@@ -74,6 +97,21 @@ static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
       if (i + 1 >= argc || (a->bucket_mb = strtod(argv[i + 1], &end), *end) || a->bucket_mb <= 0)
         return ad_fail(AD_ERR_INPUT, "error: --bucket-mb needs a positive number\n%s",
                        compile_usage);
+      a->bucket_given = 1;
+      i++;
+      continue;
+    } else if (!strcmp(s, "--servers") || !strcmp(s, "--shards")) {
+      AD_TRY(int_option(argc, argv, i, 1, !strcmp(s, "--servers") ? &a->servers : &a->shards));
+      i++;
+      continue;
+    } else if (!strcmp(s, "--sync") || !strcmp(s, "--async")) {
+      a->sync_flag = s;
+      a->sync = !strcmp(s, "--sync") ? AD_SYNC_BSP : AD_SYNC_ASYNC;
+      continue;
+    } else if (!strcmp(s, "--staleness")) {
+      AD_TRY(int_option(argc, argv, i, 0, &a->staleness));
+      a->sync_flag = s;
+      a->sync = AD_SYNC_STALE;
       i++;
       continue;
     } else if (!strcmp(s, "--compress")) {
@@ -82,6 +120,7 @@ static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
         return ad_fail(AD_ERR_INPUT, "error: --compress takes fp16 or none, got '%s'\n%s", v,
                        compile_usage);
       a->compress_fp16 = !strcmp(v, "fp16");
+      a->bucket_given |= a->compress_fp16;
       continue;
     } else if (s[0] == '-') {
       return ad_fail(AD_ERR_INPUT, "error: unknown option '%s'\n%s", s, compile_usage);
@@ -97,17 +136,41 @@ static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
   }
   if (!a->model)
     return ad_fail(AD_ERR_INPUT, "error: no model given\n%s", compile_usage);
-  if (strcmp(a->strategy, "auto") && strcmp(a->strategy, "allreduce")) {
-    static const char *later[] = {"ps", "ps-lb", "partitioned-ps", "parallax", "pipeline"};
-    for (size_t i = 0; i < sizeof later / sizeof *later; i++)
-      if (!strcmp(a->strategy, later[i]))
-        return ad_fail(AD_ERR_INPUT,
-                       "error: strategy '%s' is not available in this version (available: auto, "
-                       "allreduce)",
-                       a->strategy);
-    return ad_fail(AD_ERR_INPUT, "error: unknown strategy '%s' (available: auto, allreduce)",
+  int k = ad_strategy_find(a->strategy);
+  if (strcmp(a->strategy, "auto") && k < 0) {
+    if (!strcmp(a->strategy, "pipeline"))
+      return ad_fail(AD_ERR_INPUT,
+                     "error: strategy 'pipeline' is not available in this version (available: "
+                     "auto, allreduce, ps, ps-lb, partitioned-ps, parallax)");
+    return ad_fail(AD_ERR_INPUT,
+                   "error: unknown strategy '%s' (available: auto, allreduce, ps, ps-lb, "
+                   "partitioned-ps, parallax)",
                    a->strategy);
   }
+  /* Options that the chosen strategy would silently ignore are errors. */
+  if (k == AD_STRAT_ALLREDUCE && a->sync_flag)
+    return ad_fail(AD_ERR_INPUT,
+                   "error: %s applies to parameter servers; strategy allreduce is always "
+                   "synchronous (use -s ps, ps-lb, partitioned-ps or parallax)",
+                   a->sync_flag);
+  if (a->bucket_given && k >= AD_STRAT_PS && k != AD_STRAT_PARALLAX)
+    return ad_fail(AD_ERR_INPUT,
+                   "error: --bucket-mb and --compress apply to all-reduce (allreduce, parallax); "
+                   "strategy %s sends gradients to parameter servers",
+                   a->strategy);
+  if (a->servers && (k == AD_STRAT_ALLREDUCE || k == AD_STRAT_PS))
+    return ad_fail(AD_ERR_INPUT,
+                   "error: --servers applies to ps-lb, partitioned-ps and parallax; strategy %s "
+                   "uses %s",
+                   a->strategy, k == AD_STRAT_PS ? "one server" : "no servers");
+  if (a->shards && k >= 0 && k != AD_STRAT_PARTITIONED_PS && k != AD_STRAT_PARALLAX)
+    return ad_fail(AD_ERR_INPUT,
+                   "error: --shards applies to partitioned-ps and parallax; strategy %s does not "
+                   "partition variables",
+                   a->strategy);
+  if (a->infer && (k > 0 || a->sync_flag || a->servers || a->shards))
+    return ad_fail(AD_ERR_INPUT,
+                   "error: --infer compiles an inference plan, which has no strategy options");
   return AD_OK;
 }
 
@@ -159,12 +222,17 @@ static ad_plan_tensor tensor_of(const ad_program *p, const ad_value *v, ad_tenso
 }
 
 /* Writes every plan file into `tmpdir`. */
-static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const compile_args *a,
+static ad_status write_plan_files(ad_program *p, const ad_ps_layout *l, const ad_spec *spec,
+                                  const compile_args *a, const ad_strategy_opts *opts,
                                   const ad_train_config *cfg, const char *tmpdir) {
   ad_graph *g = p->g;
   char path[4096];
   snprintf(path, sizeof path, "%s/step.bc", tmpdir);
   AD_TRY(ad_codegen(p, path));
+  for (int s = 0; s < l->n_servers; s++) {
+    snprintf(path, sizeof path, "%s/server%d.bc", tmpdir, s);
+    AD_TRY(ad_codegen(l->servers[s].prog, path));
+  }
 
   AD_VEC(ad_plan_tensor) tensors = {0};
   AD_VEC(char) weights = {0};
@@ -191,6 +259,8 @@ static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const comp
   for (int i = 0; i < p->states.len; i++)
     AD_VEC_PUSH(tensors, tensor_of(p, p->states.data[i], AD_ROLE_STATE));
   for (int i = 0; i < p->n_params; i++) {
+    if (!p->grads[i]) /* sparse: only rows move, there is no dense gradient */
+      continue;
     ad_plan_tensor t = tensor_of(p, p->grads[i], AD_ROLE_GRAD);
     t.name = ad_arena_printf(g->arena, "%s.grad", p->params[i]->name);
     AD_VEC_PUSH(tensors, t);
@@ -215,19 +285,51 @@ static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const comp
       buckets[b].bytes += (int64_t)ad_value_bytes(p->grads[j]);
   }
 
-  ad_plan_device *devices = ad_xcalloc((size_t)p->replicas, sizeof *devices);
+  int n_devices = p->replicas + l->n_servers;
+  ad_plan_device *devices = ad_xcalloc((size_t)n_devices, sizeof *devices);
   int rank = 0;
   for (int ni = 0; ni < spec->n_nodes; ni++) {
     ad_spec_node *nd = &spec->nodes[ni];
     int n = nd->n_cpus ? nd->n_cpus : 1;
     for (int k = 0; k < n; k++, rank++)
       devices[rank] = (ad_plan_device){.rank = rank,
+                                       .role = AD_DEVICE_WORKER,
                                        .node = nd->address,
                                        .type = "cpu",
                                        .id = nd->n_cpus ? nd->cpus[k] : 0,
-                                       .module = "step.bc"};
+                                       .module = "step.bc",
+                                       .mem_bytes = p->mem_bytes};
   }
   AD_ASSERT(rank == p->replicas);
+  ad_plan_file *files = ad_xcalloc((size_t)l->n_servers + 3, sizeof *files);
+  int n_files = 0;
+  files[n_files++].path = "step.bc";
+  for (int s = 0; s < l->n_servers; s++, rank++) {
+    char *module = ad_arena_printf(g->arena, "server%d.bc", s);
+    devices[rank] = (ad_plan_device){.rank = rank,
+                                     .role = AD_DEVICE_SERVER,
+                                     .node = spec->nodes[l->servers[s].node].address,
+                                     .type = "cpu",
+                                     .id = -1,
+                                     .module = module,
+                                     .mem_bytes = l->servers[s].prog->mem_bytes};
+    files[n_files++].path = module;
+  }
+  files[n_files++].path = "weights.bin";
+  files[n_files++].path = "model.onnx";
+  ad_plan_shard *shards = ad_xcalloc((size_t)l->n_shards + 1, sizeof *shards);
+  for (int k = 0; k < l->n_shards; k++) {
+    const ad_ps_shard *sh = &l->shards[k];
+    const ad_program *sp = l->servers[sh->server].prog;
+    shards[k] = (ad_plan_shard){.var = (char *)sh->param->name,
+                                .server = sh->server,
+                                .row0 = sh->row0,
+                                .rows = sh->rows,
+                                .row_bytes = sh->row_bytes,
+                                .sparse = sh->sparse,
+                                .param_offset = sp->offset[sh->sparam->id],
+                                .grad_offset = sp->offset[sh->sgrad->id]};
+  }
 
   snprintf(path, sizeof path, "%s/weights.bin", tmpdir);
   ad_status st = ad_file_write(path, weights.data, (size_t)weights.len);
@@ -244,30 +346,36 @@ static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const comp
       ad_sha256_hex(model_data, model_len, model_hash);
       free(model_data);
     }
-    ad_plan_file files[3] = {{.path = "step.bc"}, {.path = "weights.bin"}, {.path = "model.onnx"}};
     ad_plan plan = {
         .format = 1,
         .autodist_version = AD_VERSION,
         .model_sha256 = model_hash,
-        .strategy = "allreduce",
+        .strategy = p->training ? (char *)ad_strategy_name(opts->kind) : "allreduce",
         .training = p->training,
         .global_batch = p->global_batch,
         .replicas = p->replicas,
         .mem_bytes = p->mem_bytes,
         .loss_kind = p->training ? (char *)ad_loss_name(cfg->loss) : "",
-        .n_devices = p->replicas,
+        .n_devices = n_devices,
         .devices = devices,
         .n_tensors = tensors.len,
         .tensors = tensors.data,
         .n_buckets = p->n_buckets,
         .buckets = buckets,
-        .n_files = 3,
+        .n_servers = l->n_servers,
+        .sync = opts->sync,
+        .staleness = opts->staleness,
+        .n_shards = l->n_shards,
+        .shards = shards,
+        .n_files = n_files,
         .files = files,
     };
     if (st == AD_OK)
       st = ad_plan_write(&plan, tmpdir);
   }
   free(devices);
+  free(files);
+  free(shards);
   free(buckets);
   free(trained);
   free(weights.data);
@@ -275,30 +383,80 @@ static ad_status write_plan_files(ad_program *p, const ad_spec *spec, const comp
   return st;
 }
 
-static void explain(const ad_program *p, const ad_spec *spec, int compress_fp16) {
-  double flops = 0, bytes = 0;
-  for (int i = 0; i < p->g->nodes.len; i++) {
-    ad_node *n = p->g->nodes.data[i];
-    double f = 0, b = 0;
-    if (n->op->cost)
-      n->op->cost(n, &f, &b);
-    flops += f;
-    bytes += b;
+/* --explain: the candidates' predicted costs, the choice, and the plan's own
+ * figures. */
+static void explain(const ad_program *p, const ad_ps_layout *l, const ad_spec *spec,
+                    const ad_cost *costs, ad_strategy_kind chosen, bool automatic) {
+  if (!p->training) {
+    printf("inference plan: %d replica%s, global batch %lld, arena %lld bytes per device\n",
+           p->replicas, p->replicas == 1 ? "" : "s", (long long)p->global_batch,
+           (long long)p->mem_bytes);
+    return;
   }
-  int64_t grad_bytes = 0;
-  for (int i = 0; i < p->n_params; i++)
-    grad_bytes += (int64_t)ad_value_bytes(p->grads[i]);
-  printf("strategy: allreduce (the only strategy in this version; -s auto chooses it)\n");
-  printf("  replicas: %d, global batch %lld, per replica %lld\n", p->replicas,
-         (long long)p->global_batch, (long long)(p->global_batch / p->replicas));
-  printf("  compute per replica per step: %.3g FLOP, %.3g bytes moved\n", flops, bytes);
-  if (compress_fp16)
-    grad_bytes /= 2;
-  printf("  all-reduce per replica per step: %lld bytes%s in %d bucket(s)%s\n",
-         (long long)(p->replicas > 1 ? grad_bytes : 0), compress_fp16 ? " (fp16)" : "",
-         p->n_buckets, p->replicas > 1 ? "" : " (one replica: no communication)");
-  printf("  arena per device: %lld bytes\n", (long long)p->mem_bytes);
-  (void)spec;
+  ad_cost_print(stdout, costs, chosen, automatic, spec, p->replicas);
+  printf("plan: %s, %d replica%s (global batch %lld, %lld per replica), %d all-reduce "
+         "bucket%s, %d server%s holding %d shard%s, arena %lld bytes per worker\n",
+         ad_strategy_name(chosen), p->replicas, p->replicas == 1 ? "" : "s",
+         (long long)p->global_batch, (long long)(p->global_batch / p->replicas), p->n_buckets,
+         p->n_buckets == 1 ? "" : "s", l->n_servers, l->n_servers == 1 ? "" : "s", l->n_shards,
+         l->n_shards == 1 ? "" : "s", (long long)p->mem_bytes);
+  for (int s = 0; s < l->n_servers; s++)
+    printf("  server %d on %s: %lld bytes of variables, arena %lld bytes\n", s,
+           spec->nodes[l->servers[s].node].address, (long long)l->servers[s].bytes,
+           (long long)l->servers[s].prog->mem_bytes);
+}
+
+/* " and 2 servers" for the summary line. */
+static const char *server_note(const ad_ps_layout *l) {
+  static char buf[64];
+  buf[0] = 0;
+  if (l->n_servers)
+    snprintf(buf, sizeof buf, " and %d server%s", l->n_servers, l->n_servers > 1 ? "s" : "");
+  return buf;
+}
+
+/* -s NAME, or for auto the cost model's choice. */
+static ad_status choose_strategy(ad_program *p, const ad_train_config *cfg, const ad_spec *spec,
+                                 const compile_args *a, ad_strategy_opts *opts, ad_cost *costs) {
+  AD_TRY(ad_cost_predict(p, cfg, spec, opts, costs));
+  /* Options given with -s auto limit the candidates to the strategies they
+   * apply to, so that none is silently ignored. */
+  for (int c = 0; c < AD_STRAT_COUNT; c++) {
+    const char *why = NULL;
+    bool servers = c != AD_STRAT_ALLREDUCE && (c != AD_STRAT_PARALLAX || costs[c].servers);
+    if (a->bucket_given && c != AD_STRAT_ALLREDUCE && c != AD_STRAT_PARALLAX)
+      why = "--bucket-mb/--compress are all-reduce options";
+    else if (a->sync_flag && !servers)
+      why = "--sync/--staleness/--async are parameter-server options";
+    else if (a->servers && (c == AD_STRAT_PS || !servers))
+      why = "--servers was given";
+    else if (a->shards && c != AD_STRAT_PARTITIONED_PS && (c != AD_STRAT_PARALLAX || !servers))
+      why = "--shards was given";
+    if (why && costs[c].applicable) {
+      costs[c].applicable = false;
+      snprintf(costs[c].why_not, sizeof costs[c].why_not, "%s", why);
+    }
+  }
+  int k = ad_strategy_find(a->strategy);
+  opts->kind = k >= 0 ? (ad_strategy_kind)k : ad_cost_choose(costs);
+  if (opts->kind == AD_STRAT_COUNT) {
+    ad_cost_print(stderr, costs, AD_STRAT_COUNT, true, spec, p->replicas);
+    return ad_fail(AD_ERR_INPUT,
+                   "error: -s auto: no strategy can apply with these options (table above)");
+  }
+  return AD_OK;
+}
+
+static ad_status apply_strategy(ad_program *p, const ad_train_config *cfg, const ad_spec *spec,
+                                const ad_strategy_opts *opts, ad_ps_layout *layout) {
+  switch (opts->kind) {
+  case AD_STRAT_ALLREDUCE:
+    return ad_strategy_allreduce(p, cfg, opts);
+  case AD_STRAT_PARALLAX:
+    return ad_strategy_parallax(p, cfg, spec, opts, layout);
+  default:
+    return ad_strategy_ps(p, cfg, spec, opts, layout);
+  }
 }
 
 ad_status ad_cmd_compile(int argc, char **argv) {
@@ -308,6 +466,9 @@ ad_status ad_cmd_compile(int argc, char **argv) {
   ad_train_config *cfg = NULL;
   ad_graph *g = NULL;
   ad_program *p = NULL;
+  ad_strategy_opts opts = {0};
+  ad_ps_layout layout = {0};
+  ad_cost costs[AD_STRAT_COUNT];
   char tmpdir[4096] = "";
   ad_status st = load_spec(a.spec, &spec);
   if (st == AD_OK)
@@ -345,10 +506,17 @@ ad_status ad_cmd_compile(int argc, char **argv) {
       p->global_batch = cfg->batch_size;
     } else {
       st = ad_train_build(g, cfg, workers, &p);
-      if (st == AD_OK) {
-        ad_strategy_opts opts = {.bucket_mb = a.bucket_mb, .compress_fp16 = a.compress_fp16};
-        st = ad_strategy_allreduce(p, cfg, &opts);
-      }
+      opts = (ad_strategy_opts){.kind = AD_STRAT_ALLREDUCE,
+                                .bucket_mb = a.bucket_mb,
+                                .compress_fp16 = a.compress_fp16,
+                                .servers = a.servers,
+                                .shards = a.shards,
+                                .sync = a.sync,
+                                .staleness = a.staleness};
+      if (st == AD_OK)
+        st = choose_strategy(p, cfg, spec, &a, &opts, costs);
+      if (st == AD_OK)
+        st = apply_strategy(p, cfg, spec, &opts, &layout);
     }
   }
   if (st == AD_OK) {
@@ -356,7 +524,7 @@ ad_status ad_cmd_compile(int argc, char **argv) {
     if (mkdir(tmpdir, 0755) != 0)
       st = ad_fail(AD_ERR_INPUT, "%s: error: cannot create: %s", tmpdir, strerror(errno));
     else
-      st = write_plan_files(p, spec, &a, cfg, tmpdir);
+      st = write_plan_files(p, &layout, spec, &a, &opts, cfg, tmpdir);
   }
   if (st == AD_OK) {
     char old[4096];
@@ -374,10 +542,12 @@ ad_status ad_cmd_compile(int argc, char **argv) {
     remove_dir(tmpdir);
   if (st == AD_OK) {
     if (a.explain)
-      explain(p, spec, a.compress_fp16);
-    fprintf(stderr, "autodist: compiled %s for %d worker%s (%s) -> %s/\n", a.model, workers,
-            workers > 1 ? "s" : "", a.infer ? "inference" : "allreduce", a.out);
+      explain(p, &layout, spec, costs, opts.kind, ad_strategy_find(a.strategy) < 0);
+    fprintf(stderr, "autodist: compiled %s for %d worker%s%s (%s) -> %s/\n", a.model, workers,
+            workers > 1 ? "s" : "", server_note(&layout),
+            a.infer ? "inference" : ad_strategy_name(opts.kind), a.out);
   }
+  ad_ps_layout_free(&layout);
   ad_program_destroy(p);
   ad_graph_destroy(g);
   ad_train_config_free(cfg);

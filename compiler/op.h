@@ -74,6 +74,7 @@ extern const ad_op ad_ops_softmax[];
 extern const ad_op ad_ops_train[];
 extern const ad_op ad_ops_index[];
 extern const ad_op ad_ops_reduce[];
+extern const ad_op ad_ops_ps[];
 
 /* ---- autodiff API for grad functions (implemented in autodiff.c) ---- */
 

@@ -2,7 +2,7 @@
 # examples/run_example.sh NAME EPOCHS MIN_ACCURACY: the steps every example
 # runs, from its folder examples/NAME:
 #
-#   compile  model.onnx + resource_spec.yml + train.yml -> plan (allreduce)
+#   compile  model.onnx + resource_spec.yml + train.yml -> plan (-s auto, with --explain)
 #   run      EPOCHS epochs over x_train.npy / y_train.npy -> trained.onnx, metrics.jsonl
 #   infer    trained.onnx on x_test.npy -> pred.npy (logits)
 #   evaluate prints "NAME: test accuracy A after N steps on W workers"; fails below MIN_ACCURACY
@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 cd "$OUT"
 set -x
 "$AUTODIST" compile "$HERE/model.onnx" -r "$HERE/resource_spec.yml" -t "$HERE/train.yml" \
-  -s allreduce -o plan
+  -s auto --explain -o plan
 "$AUTODIST" run plan --data input="$HERE/x_train.npy" --data label="$HERE/y_train.npy" \
   --epochs "$EPOCHS" --metrics metrics.jsonl --save trained.onnx
 "$AUTODIST" infer trained.onnx --data input="$HERE/x_test.npy" --out logits=pred.npy
