@@ -171,7 +171,10 @@ def self_checks(ck, work):
     inits = common.onnx_initializers(path)
     ref_l, ref_p = np_mlp_train(mod.sizes, mod.act, inits, x, y, cfg, 30)
     tag = "%s %s %s" % (name, cfg["loss"], common.train_config(cfg)["optimizer"])
-    for dtype, tol in [(torch.float64, 1e-9), (torch.float32, TOL)]:
+    # float32 drifts from the exact algorithm by rounding alone: up to ~1.3e-4
+    # after 30 Adam steps with eps 1e-6 on AVX-512 machines (the float64 run
+    # checks the algorithm; autodist is held to TOL against the float32 run).
+    for dtype, tol in [(torch.float64, 1e-9), (torch.float32, 5 * TOL)]:
       m = models.build(name)
       torch_train.load_onnx_weights(m, path)
       got_l, _ = torch_train.train(m, x, y, cfg, 30, dtype=dtype)
