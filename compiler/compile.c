@@ -47,9 +47,9 @@ typedef struct compile_args {
   const char *model, *spec, *train, *strategy, *out;
   int infer, explain, compress_fp16;
   double bucket_mb;
-  int bucket_given;             /* --bucket-mb or --compress fp16 was given */
-  int servers, shards;          /* 0: the strategy's default */
-  const char *sync_flag;        /* the last of --sync/--staleness/--async given, or NULL */
+  int bucket_given;      /* --bucket-mb or --compress fp16 was given */
+  int servers, shards;   /* 0: the strategy's default */
+  const char *sync_flag; /* the last of --sync/--staleness/--async given, or NULL */
   ad_sync_mode sync;
   int staleness;
 } compile_args;

@@ -74,6 +74,10 @@ typedef struct ad_comm ad_comm;
  * owned by the handle from now on). */
 ad_comm *ad_comm_create(const ad_comm_backend *backend, void *ctx, int rank, int size);
 
+/* AD_OK when an MPI call returned MPI_SUCCESS, else an AD_ERR_JOB failure
+ * "error: WHAT failed: <MPI's message>" (comm_mpi.c; also used by ps.c). */
+ad_status ad_mpi_check(int rc, const char *what);
+
 /* The MPI backend: calls MPI_Init (once per process) and takes rank and size
  * from MPI_COMM_WORLD. Fails with AD_ERR_JOB when MPI cannot start. */
 ad_status ad_comm_create_mpi(ad_comm **out);

@@ -56,7 +56,7 @@ static void elem_mpi(const mpi_ctx *m, ad_comm_elem elem, MPI_Datatype *type, MP
   *size = elem == AD_COMM_F32 ? 4 : 2;
 }
 
-static ad_status mpi_check(int rc, const char *what) {
+ad_status ad_mpi_check(int rc, const char *what) {
   if (rc == MPI_SUCCESS)
     return AD_OK;
   char msg[MPI_MAX_ERROR_STRING];
@@ -89,9 +89,9 @@ static ad_status mpi_allreduce_start(void *ctx, int64_t b, void *buf, int64_t co
   bk->n_req = 0;
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
-    AD_TRY(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op,
-                                    m->comm, &bk->req[bk->n_req++]),
-                     "MPI_Iallreduce"));
+    AD_TRY(ad_mpi_check(MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type,
+                                       op, m->comm, &bk->req[bk->n_req++]),
+                        "MPI_Iallreduce"));
   }
   bk->active = 1;
   return AD_OK;
@@ -102,7 +102,7 @@ static ad_status mpi_allreduce_wait(void *ctx, int64_t b) {
   AD_ASSERT(b < m->n_buckets && m->buckets[b].active);
   bucket *bk = &m->buckets[b];
   bk->active = 0;
-  return mpi_check(MPI_Waitall(bk->n_req, bk->req, MPI_STATUSES_IGNORE), "MPI_Wait");
+  return ad_mpi_check(MPI_Waitall(bk->n_req, bk->req, MPI_STATUSES_IGNORE), "MPI_Wait");
 }
 
 /* Blocking: OpenMPI's blocking all-reduce is faster than its non-blocking one
@@ -115,7 +115,7 @@ static ad_status mpi_allreduce(void *ctx, void *buf, int64_t count, ad_comm_elem
   elem_mpi(ctx, elem, &type, &op, &size);
   for (int64_t done = 0; done < count; done += INT_MAX) {
     int n = (int)(count - done < INT_MAX ? count - done : INT_MAX);
-    AD_TRY(mpi_check(
+    AD_TRY(ad_mpi_check(
         MPI_Allreduce(MPI_IN_PLACE, (char *)buf + done * (int64_t)size, n, type, op, m->comm),
         "MPI_Allreduce"));
   }
@@ -124,8 +124,8 @@ static ad_status mpi_allreduce(void *ctx, void *buf, int64_t count, ad_comm_elem
 
 static ad_status mpi_sum_f64(void *ctx, double *vals, int n) {
   mpi_ctx *m = ctx;
-  return mpi_check(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, m->comm),
-                   "MPI_Allreduce");
+  return ad_mpi_check(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, m->comm),
+                      "MPI_Allreduce");
 }
 
 static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *recv) {
@@ -143,9 +143,9 @@ static ad_status mpi_gather(void *ctx, const void *send, int64_t bytes, void *re
     counts[r] = (int)bytes;
     displs[r] = (int)(bytes * r);
   }
-  ad_status st = mpi_check(MPI_Gatherv(send, (int)bytes, MPI_BYTE, rank == 0 ? recv : NULL, counts,
-                                       displs, MPI_BYTE, 0, m->comm),
-                           "MPI_Gatherv");
+  ad_status st = ad_mpi_check(MPI_Gatherv(send, (int)bytes, MPI_BYTE, rank == 0 ? recv : NULL,
+                                          counts, displs, MPI_BYTE, 0, m->comm),
+                              "MPI_Gatherv");
   free(counts);
   free(displs);
   return st;
@@ -156,8 +156,8 @@ static ad_status mpi_set_workers(void *ctx, int n_workers) {
   mpi_ctx *m = ctx;
   AD_ASSERT(m->comm == MPI_COMM_WORLD);
   int rank;
-  AD_TRY(mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
-  return mpi_check(
+  AD_TRY(ad_mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
+  return ad_mpi_check(
       MPI_Comm_split(MPI_COMM_WORLD, rank < n_workers ? 0 : MPI_UNDEFINED, rank, &m->comm),
       "MPI_Comm_split");
 }
@@ -168,7 +168,7 @@ static ad_status mpi_finalize(void *ctx) {
     MPI_Op_free(&m->sum_f16);
   if (m->comm != MPI_COMM_WORLD && m->comm != MPI_COMM_NULL)
     MPI_Comm_free(&m->comm);
-  return mpi_check(MPI_Finalize(), "MPI_Finalize");
+  return ad_mpi_check(MPI_Finalize(), "MPI_Finalize");
 }
 
 static void mpi_destroy(void *ctx) {
@@ -196,13 +196,13 @@ ad_status ad_comm_create_mpi(ad_comm **out) {
   int inited = 0;
   MPI_Initialized(&inited);
   if (!inited)
-    AD_TRY(mpi_check(MPI_Init(NULL, NULL), "MPI_Init"));
+    AD_TRY(ad_mpi_check(MPI_Init(NULL, NULL), "MPI_Init"));
   int rank = 0, size = 1;
-  AD_TRY(mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
-  AD_TRY(mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size"));
+  AD_TRY(ad_mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
+  AD_TRY(ad_mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size"));
   mpi_ctx *m = ad_xcalloc(1, sizeof(mpi_ctx));
   m->comm = MPI_COMM_WORLD;
-  AD_TRY(mpi_check(MPI_Op_create(sum_f16, 1, &m->sum_f16), "MPI_Op_create"));
+  AD_TRY(ad_mpi_check(MPI_Op_create(sum_f16, 1, &m->sum_f16), "MPI_Op_create"));
   *out = ad_comm_create(&mpi_backend, m, rank, size);
   return AD_OK;
 }

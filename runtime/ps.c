@@ -104,13 +104,11 @@ static void nap(void) {
   nanosleep(&ts, NULL);
 }
 
+/* MPI failures read "error: parameter server: MPI_Isend failed: ...". */
 static ad_status mpi_check(int rc, const char *what) {
-  if (rc == MPI_SUCCESS)
-    return AD_OK;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  return ad_fail(AD_ERR_JOB, "error: parameter server: %s failed: %s", what, msg);
+  char where[96];
+  snprintf(where, sizeof where, "parameter server: %s", what);
+  return ad_mpi_check(rc, where);
 }
 
 static void grow(char **buf, int64_t *cap, int64_t need) {

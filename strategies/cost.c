@@ -72,16 +72,16 @@ static double distinct_rows(double m, double v) {
 
 typedef struct model_facts {
   int workers, n_nodes;
-  double bw, latency;        /* of the links that carry the traffic */
-  double compute;            /* forward + backward per worker, seconds */
-  double param_bytes;        /* trainable */
+  double bw, latency; /* of the links that carry the traffic */
+  double compute;     /* forward + backward per worker, seconds */
+  double param_bytes; /* trainable */
   double frozen_bytes, act_bytes;
   int n_params;
-  double *bytes;             /* per trainable parameter */
-  bool *sparse;              /* per trainable parameter: a lookup table */
-  double *touched;           /* sparse: expected distinct rows per worker and step */
-  double *row_bytes;         /* sparse */
-  double gather_grad;        /* time of the dense GatherGrads parallax removes */
+  double *bytes;      /* per trainable parameter */
+  bool *sparse;       /* per trainable parameter: a lookup table */
+  double *touched;    /* sparse: expected distinct rows per worker and step */
+  double *row_bytes;  /* sparse */
+  double gather_grad; /* time of the dense GatherGrads parallax removes */
 } model_facts;
 
 static void facts_of(const ad_program *p, const ad_spec *spec, model_facts *f) {
@@ -245,8 +245,8 @@ static void predict(const model_facts *f, const ad_train_config *cfg, const ad_s
     c->bytes_step = (w > 1 ? dense * w : 0) + w * row_traffic;
     (void)rows;
   }
-  c->mem_worker = f->param_bytes + f->frozen_bytes + f->act_bytes +
-                  (f->param_bytes - held) * (1 + states);
+  c->mem_worker =
+      f->param_bytes + f->frozen_bytes + f->act_bytes + (f->param_bytes - held) * (1 + states);
   c->mem_server = busiest * (2 + states) + (o->sync == AD_SYNC_BSP ? w * busiest : busiest);
   c->step = c->compute + c->comm;
   free(load);
@@ -356,10 +356,11 @@ void ad_cost_print(FILE *out, const ad_cost *c, ad_strategy_kind chosen, bool au
   }
   int second = -1;
   for (int k = 0; k < AD_STRAT_COUNT; k++)
-    if (k != (int)chosen && c[k].applicable && (second < 0 || c[k].step < c[second].step))
-      second = k;
-  fprintf(out, "strategy: %s (-s auto: the fastest predicted step, %.3f ms", ad_strategy_name(chosen),
-          ch->step * 1e3);
+    if (k != (int)chosen && c[k].applicable && !c[k].why_not[0] &&
+        (second < 0 || c[k].step < c[second].step))
+      second = k; /* (a candidate with a note is the same plan as another) */
+  fprintf(out, "strategy: %s (-s auto: the fastest predicted step, %.3f ms",
+          ad_strategy_name(chosen), ch->step * 1e3);
   if (second >= 0)
     fprintf(out, "; next %s at %.3f ms", ad_strategy_name((ad_strategy_kind)second),
             c[second].step * 1e3);

@@ -15,8 +15,8 @@ typedef struct ad_cost {
   bool applicable;
   char why_not[128];
   int servers;
-  double compute, comm, step; /* seconds per step of one worker */
-  double bytes_step;          /* --metrics bytes_sent per step (all workers) */
+  double compute, comm, step;    /* seconds per step of one worker */
+  double bytes_step;             /* --metrics bytes_sent per step (all workers) */
   double mem_worker, mem_server; /* bytes (server: the busiest) */
 } ad_cost;
 

@@ -38,8 +38,8 @@ ad_node *ad_sparse_lookup(const ad_program *p, int i) {
     for (int j = 0; j < n->n_in; j++) {
       if (n->in[j] != v)
         continue;
-      if (lookup || strcmp(n->op_type, "Gather") || j != 0 ||
-          ad_attr_int(n, "axis", 0) != 0 || n->in[1] == v)
+      if (lookup || strcmp(n->op_type, "Gather") || j != 0 || ad_attr_int(n, "axis", 0) != 0 ||
+          n->in[1] == v)
         return NULL;
       lookup = n;
     }

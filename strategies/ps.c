@@ -51,8 +51,7 @@ void ad_ps_layout_free(ad_ps_layout *l) {
   *l = (ad_ps_layout){0};
 }
 
-ad_status ad_ps_place_servers(const ad_spec *spec, const ad_strategy_opts *opts,
-                              ad_ps_layout *l) {
+ad_status ad_ps_place_servers(const ad_spec *spec, const ad_strategy_opts *opts, ad_ps_layout *l) {
   const char *name = ad_strategy_name(opts->kind);
   int n = opts->kind == AD_STRAT_PS ? 1 : opts->servers ? opts->servers : spec->n_nodes;
   l->n_servers = n;
@@ -61,10 +60,11 @@ ad_status ad_ps_place_servers(const ad_spec *spec, const ad_strategy_opts *opts,
     int node = opts->kind == AD_STRAT_PS ? spec->chief : s % spec->n_nodes;
     const ad_spec_node *nd = &spec->nodes[node];
     if (nd->n_cpus == 0)
-      return ad_fail(AD_ERR_INPUT,
-                     "%s:%d: error: strategy %s places parameter server %d on node '%s', which "
-                     "lists no cpus; a server runs on a CPU: list the node's cores (cpus: [0, ...])",
-                     spec->path, nd->line, name, s, nd->address);
+      return ad_fail(
+          AD_ERR_INPUT,
+          "%s:%d: error: strategy %s places parameter server %d on node '%s', which "
+          "lists no cpus; a server runs on a CPU: list the node's cores (cpus: [0, ...])",
+          spec->path, nd->line, name, s, nd->address);
     l->servers[s].node = node;
   }
   return AD_OK;
@@ -92,9 +92,12 @@ ad_status ad_ps_add_param(ad_program *p, int i, int parts, bool sparse, ad_ps_la
       if (l->servers[s].bytes < l->servers[best].bytes)
         best = s;
     l->servers[best].bytes += r * row_bytes;
-    l->shards[l->n_shards++] = (ad_ps_shard){
-        .param = v, .server = best, .row0 = row0, .rows = r, .row_bytes = row_bytes,
-        .sparse = sparse};
+    l->shards[l->n_shards++] = (ad_ps_shard){.param = v,
+                                             .server = best,
+                                             .row0 = row0,
+                                             .rows = r,
+                                             .row_bytes = row_bytes,
+                                             .sparse = sparse};
     row0 += r;
   }
   return AD_OK;
@@ -236,8 +239,8 @@ ad_status ad_strategy_ps(ad_program *p, const ad_train_config *cfg, const ad_spe
     order[i] = i;
   if (opts->kind != AD_STRAT_PS)
     for (int i = 1; i < p->n_params; i++)
-      for (int j = i; j > 0 && ad_value_bytes(p->params[order[j]]) >
-                                   ad_value_bytes(p->params[order[j - 1]]);
+      for (int j = i;
+           j > 0 && ad_value_bytes(p->params[order[j]]) > ad_value_bytes(p->params[order[j - 1]]);
            j--) {
         int t = order[j];
         order[j] = order[j - 1];

@@ -27,27 +27,27 @@ int ad_strategy_find(const char *name);
 
 typedef struct ad_strategy_opts {
   ad_strategy_kind kind;
-  double bucket_mb;   /* all-reduce bucket size in MiB (default 25, like PyTorch DDP) */
-  int compress_fp16;  /* all-reduce gradients as IEEE binary16 (--compress fp16) */
-  int servers;        /* server strategies: number of servers (0: one per node; ps: 1) */
-  int shards;         /* partitioned-ps, parallax: shards per variable (0: one per server) */
-  ad_sync_mode sync;  /* server strategies: --sync (default), --staleness K, --async */
+  double bucket_mb;  /* all-reduce bucket size in MiB (default 25, like PyTorch DDP) */
+  int compress_fp16; /* all-reduce gradients as IEEE binary16 (--compress fp16) */
+  int servers;       /* server strategies: number of servers (0: one per node; ps: 1) */
+  int shards;        /* partitioned-ps, parallax: shards per variable (0: one per server) */
+  ad_sync_mode sync; /* server strategies: --sync (default), --staleness K, --async */
   int staleness;
 } ad_strategy_opts;
 
 /* One shard of a server-held parameter: rows [row0, row0 + rows) of axis 0. */
 typedef struct ad_ps_shard {
-  ad_value *param;    /* in the worker program */
+  ad_value *param; /* in the worker program */
   int server;
   int64_t row0, rows, row_bytes;
-  bool sparse;        /* pushed and pulled by row (parallax) */
+  bool sparse;              /* pushed and pulled by row (parallax) */
   ad_value *sparam, *sgrad; /* the shard's value and gradient in its server's program */
 } ad_ps_shard;
 
 typedef struct ad_ps_server {
-  int node;           /* index in the resource spec */
-  int64_t bytes;      /* of the shards it holds */
-  ad_graph *g;        /* its program: the updates of its shards */
+  int node;      /* index in the resource spec */
+  int64_t bytes; /* of the shards it holds */
+  ad_graph *g;   /* its program: the updates of its shards */
   ad_program *prog;
 } ad_ps_server;
 
@@ -55,7 +55,7 @@ typedef struct ad_ps_server {
 typedef struct ad_ps_layout {
   int n_servers;
   ad_ps_server *servers;
-  int n_shards;       /* in server order, then by placement within a server */
+  int n_shards; /* in server order, then by placement within a server */
   ad_ps_shard *shards;
 } ad_ps_layout;
 
@@ -88,8 +88,7 @@ ad_node *ad_sparse_lookup(const ad_program *p, int i);
 /* The servers' nodes for `opts` (ps: the chief; otherwise opts->servers or
  * one per node, round-robin over the nodes). Errors when a server would land on
  * a node that lists no cpus. */
-ad_status ad_ps_place_servers(const ad_spec *spec, const ad_strategy_opts *opts,
-                              ad_ps_layout *l);
+ad_status ad_ps_place_servers(const ad_spec *spec, const ad_strategy_opts *opts, ad_ps_layout *l);
 /* Adds the shards of p->params[i] (split into `parts` along axis 0, each part
  * to the least-loaded server). Errors when the parameter has fewer rows. */
 ad_status ad_ps_add_param(ad_program *p, int i, int parts, bool sparse, ad_ps_layout *l);

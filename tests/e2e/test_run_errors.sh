@@ -11,19 +11,8 @@ set -euo pipefail
 
 : "${AUTODIST:?set AUTODIST to the autodist binary}"
 PYTHON=${PYTHON:-/usr/bin/python3}
-T=$(mktemp -d /tmp/ad_run_errors.XXXXXX)
-cleanup() {
-  # A run still going (a failed check) is stopped through `run` itself.
-  if [ -n "${run_pid:-}" ]; then
-    kill -TERM "$run_pid" 2>/dev/null || true
-    wait "$run_pid" 2>/dev/null || true
-  fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
-mkdir -p "$T/tmp"
-export TMPDIR="$T/tmp"  # where `run` makes its run folder
-cd "$T"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" ad_run_errors
 
 failures=0
 fail() {
