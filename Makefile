@@ -28,6 +28,7 @@ test: build build-asan
 
 bench: build
 	/usr/bin/python3 bench/run.py
+	/usr/bin/python3 bench/strategies.py
 
 clean:
 	rm -rf build build-asan
