@@ -59,7 +59,7 @@ static int file_exists(const char *path) {
   return stat(path, &st) == 0;
 }
 
-/* A positive integer option value (argv[i + 1]). */
+/* An integer option value >= min (argv[i + 1]). */
 static ad_status int_option(int argc, char **argv, int i, int min, int *out) {
   char *end = NULL;
   long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
@@ -517,6 +517,12 @@ ad_status ad_cmd_compile(int argc, char **argv) {
         st = choose_strategy(p, cfg, spec, &a, &opts, costs);
       if (st == AD_OK)
         st = apply_strategy(p, cfg, spec, &opts, &layout);
+      if (st == AD_OK && opts.kind == AD_STRAT_PARALLAX && !layout.n_servers &&
+          (a.sync_flag || a.servers || a.shards))
+        st = ad_fail(AD_ERR_INPUT,
+                     "%s: error: strategy parallax found no lookup table (a Gather on axis 0 of a "
+                     "trained initializer, read by nothing else), so it has no servers for %s",
+                     a.model, a.sync_flag ? a.sync_flag : a.servers ? "--servers" : "--shards");
     }
   }
   if (st == AD_OK) {

@@ -185,6 +185,11 @@ expect "--shards with ps-lb" compile model.onnx -t train.yml -s ps-lb --shards 2
   "error:" "--shards" "ps-lb"
 expect "--shards with ps" compile model.onnx -t train.yml -s ps --shards 2 -- \
   "error:" "--shards" "ps"
+expect "parallax --async on a model without lookup tables" \
+  compile model.onnx -t train.yml -s parallax --async -- \
+  "model.onnx: error: strategy parallax found no lookup table" "--async"
+expect "--compress with ps" compile model.onnx -t train.yml -s ps --compress fp16 -- \
+  "error: --bucket-mb and --compress apply to all-reduce" "ps"
 expect "--staleness -1" compile model.onnx -t train.yml -s ps --staleness -1 -- \
   "error: --staleness needs an integer >= 0"
 expect "--staleness without a value" compile model.onnx -t train.yml -s ps --staleness -- \
