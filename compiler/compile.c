@@ -288,15 +288,18 @@ static ad_status write_plan_files(ad_program *p, const ad_ps_layout *l, const ad
   int n_devices = p->replicas + l->n_servers;
   ad_plan_device *devices = ad_xcalloc((size_t)n_devices, sizeof *devices);
   int rank = 0;
-  for (int ni = 0; ni < spec->n_nodes; ni++) {
+  /* The chief's workers first: rank 0 (metrics, --save, checkpoints) runs on
+   * the node `autodist run` is started from. */
+  for (int k = 0; k < spec->n_nodes; k++) {
+    int ni = k == 0 ? spec->chief : k <= spec->chief ? k - 1 : k;
     ad_spec_node *nd = &spec->nodes[ni];
     int n = nd->n_cpus ? nd->n_cpus : 1;
-    for (int k = 0; k < n; k++, rank++)
+    for (int c = 0; c < n; c++, rank++)
       devices[rank] = (ad_plan_device){.rank = rank,
                                        .role = AD_DEVICE_WORKER,
                                        .node = nd->address,
                                        .type = "cpu",
-                                       .id = nd->n_cpus ? nd->cpus[k] : 0,
+                                       .id = nd->n_cpus ? nd->cpus[c] : 0,
                                        .module = "step.bc",
                                        .mem_bytes = p->mem_bytes};
   }
@@ -331,6 +334,31 @@ static ad_status write_plan_files(ad_program *p, const ad_ps_layout *l, const ad
                                 .grad_offset = sp->offset[sh->sgrad->id]};
   }
 
+  /* Each node with its ssh group, so that `run` (and its `__rsh` agent) need
+   * nothing but the plan. The spec already expanded ~ in the paths. */
+  ad_plan_node *nodes = ad_xcalloc((size_t)spec->n_nodes, sizeof *nodes);
+  for (int i = 0; i < spec->n_nodes; i++) {
+    const ad_spec_node *nd = &spec->nodes[i];
+    nodes[i] = (ad_plan_node){.address = nd->address, .chief = i == spec->chief, .port = 22};
+    const ad_ssh_group *g = NULL;
+    for (int j = 0; nd->ssh_config && j < spec->n_ssh; j++)
+      if (!strcmp(spec->ssh[j].name, nd->ssh_config))
+        g = &spec->ssh[j];
+    AD_ASSERT(!nd->ssh_config || g); /* ad_spec_parse checks ssh_config names */
+    if (!g)
+      continue;
+    nodes[i].ssh = true;
+    nodes[i].username = g->username;
+    nodes[i].port = g->port ? g->port : 22;
+    nodes[i].key_file = g->key_file;
+    nodes[i].known_hosts = g->known_hosts;
+    nodes[i].python_venv = g->python_venv;
+    nodes[i].n_envs = g->n_envs;
+    nodes[i].envs = ad_xcalloc((size_t)g->n_envs + 1, sizeof(ad_plan_env));
+    for (int k = 0; k < g->n_envs; k++)
+      nodes[i].envs[k] = (ad_plan_env){g->shared_envs[k].key, g->shared_envs[k].value};
+  }
+
   snprintf(path, sizeof path, "%s/weights.bin", tmpdir);
   ad_status st = ad_file_write(path, weights.data, (size_t)weights.len);
   if (st == AD_OK) {
@@ -356,6 +384,8 @@ static ad_status write_plan_files(ad_program *p, const ad_ps_layout *l, const ad
         .replicas = p->replicas,
         .mem_bytes = p->mem_bytes,
         .loss_kind = p->training ? (char *)ad_loss_name(cfg->loss) : "",
+        .n_nodes = spec->n_nodes,
+        .nodes = nodes,
         .n_devices = n_devices,
         .devices = devices,
         .n_tensors = tensors.len,
@@ -373,6 +403,9 @@ static ad_status write_plan_files(ad_program *p, const ad_ps_layout *l, const ad
     if (st == AD_OK)
       st = ad_plan_write(&plan, tmpdir);
   }
+  for (int i = 0; i < spec->n_nodes; i++)
+    free(nodes[i].envs);
+  free(nodes);
   free(devices);
   free(files);
   free(shards);

@@ -63,19 +63,28 @@ static ad_status parse_opts(int argc, char **argv, ad_run_opts *o) {
       o->plan_dir = ad_xstrdup(a);
       continue;
     }
-    static const char *const with_value[] = {"--data",    "--out",  "--steps",  "--epochs",
-                                             "--metrics", "--save", "--shuffle"};
+    if (!strcmp(a, "--accept-new-hosts") || !strcmp(a, "--resume")) {
+      bool *dst = a[2] == 'a' ? &o->accept_new_hosts : &o->resume;
+      if (*dst)
+        return ad_fail(AD_ERR_INPUT, "error: option '%s' given twice", a);
+      *dst = true;
+      continue;
+    }
+    static const char *const options[] = {
+        "--data",  "--out",     "--steps",      "--epochs",           "--metrics",
+        "--save",  "--shuffle", "--checkpoint", "--checkpoint-every", "--accept-new-hosts",
+        "--resume"};
     int known = 0;
-    for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
-      known |= !strcmp(a, with_value[k]);
+    for (size_t k = 0; k < sizeof options / sizeof *options; k++)
+      known |= !strcmp(a, options[k]);
     if (!known) {
       const char *best = NULL;
       int best_d = 3;
-      for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++) {
-        int d = ad_edit_distance(a, with_value[k]);
+      for (size_t k = 0; k < sizeof options / sizeof *options; k++) {
+        int d = ad_edit_distance(a, options[k]);
         if (d < best_d) {
           best_d = d;
-          best = with_value[k];
+          best = options[k];
         }
       }
       if (best)
@@ -94,13 +103,19 @@ static ad_status parse_opts(int argc, char **argv, ad_run_opts *o) {
       if (*dst)
         return ad_fail(AD_ERR_INPUT, "error: option '%s' given twice", a);
       AD_TRY(parse_count(a, v, dst));
+    } else if (!strcmp(a, "--checkpoint-every")) {
+      if (o->checkpoint_every)
+        return ad_fail(AD_ERR_INPUT, "error: option '%s' given twice", a);
+      AD_TRY(parse_count(a, v, &o->checkpoint_every));
     } else if (!strcmp(a, "--shuffle")) {
       if (o->shuffle)
         return ad_fail(AD_ERR_INPUT, "error: option '%s' given twice", a);
       AD_TRY(parse_seed(v, &o->seed));
       o->shuffle = true;
     } else {
-      char **dst = !strcmp(a, "--metrics") ? &o->metrics : &o->save;
+      char **dst = !strcmp(a, "--metrics") ? &o->metrics
+                   : !strcmp(a, "--save")  ? &o->save
+                                           : &o->checkpoint;
       if (*dst)
         return ad_fail(AD_ERR_INPUT, "error: option '%s' given twice", a);
       if (!*v)
@@ -113,6 +128,9 @@ static ad_status parse_opts(int argc, char **argv, ad_run_opts *o) {
                    "error: missing PLAN_DIR (usage: autodist run PLAN_DIR [options])");
   if (o->steps && o->epochs)
     return ad_fail(AD_ERR_INPUT, "error: --steps and --epochs are mutually exclusive");
+  if ((o->checkpoint_every || o->resume) && !o->checkpoint)
+    return ad_fail(AD_ERR_INPUT, "error: %s needs --checkpoint DIR",
+                   o->resume ? "--resume" : "--checkpoint-every");
   return AD_OK;
 }
 
@@ -138,6 +156,7 @@ void ad_run_opts_free(ad_run_opts *o) {
   free(o->plan_dir);
   free(o->metrics);
   free(o->save);
+  free(o->checkpoint);
   memset(o, 0, sizeof *o);
 }
 

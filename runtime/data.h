@@ -36,6 +36,10 @@ typedef struct ad_run_opts {
   char *save;     /* NULL: none */
   bool shuffle;
   uint64_t seed;
+  bool accept_new_hosts;    /* --accept-new-hosts: record unknown host keys */
+  char *checkpoint;         /* --checkpoint DIR (NULL: none) */
+  int64_t checkpoint_every; /* --checkpoint-every N (0: not given) */
+  bool resume;              /* --resume: continue from the last checkpoint in DIR */
 } ad_run_opts;
 
 /* Parses argv[1..argc) (argv[0] is the command name): PLAN_DIR then flags, in

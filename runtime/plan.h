@@ -83,6 +83,25 @@ typedef struct ad_plan_shard {
   int64_t grad_offset;  /* in the server's arena: its gradient accumulator */
 } ad_plan_shard;
 
+/* A node of the job and how to reach it (the resource spec's node and its
+ * ssh_config group), so that `run` needs nothing but the plan. */
+typedef struct ad_plan_env {
+  char *key, *value;
+} ad_plan_env;
+
+typedef struct ad_plan_node {
+  char *address;        /* as in the resource spec; devices name it */
+  bool chief;           /* the node `run` is started on (rank 0 lives here) */
+  bool ssh;             /* has an ssh group (every non-chief node) */
+  char *username;       /* NULL: the current user */
+  int port;             /* 22 */
+  char *key_file;       /* NULL: the ssh-agent */
+  char *known_hosts;    /* NULL: ~/.ssh/known_hosts */
+  char *python_venv;    /* shell prefix run before the worker; NULL: none */
+  int n_envs;
+  ad_plan_env *envs;    /* shared_envs, exported for the worker */
+} ad_plan_node;
+
 typedef struct ad_plan_bucket {
   int64_t offset, bytes; /* contiguous gradient range in the arena */
 } ad_plan_bucket;
@@ -102,6 +121,8 @@ typedef struct ad_plan {
   int replicas;
   int64_t mem_bytes;    /* arena size per device */
   char *loss_kind;      /* train.yml loss, "" for inference */
+  int n_nodes;          /* in the spec's order */
+  ad_plan_node *nodes;
   int n_devices;
   ad_plan_device *devices;
   int n_tensors;
