@@ -27,6 +27,11 @@ static const struct {
     {"inspect", ad_cmd_inspect}, {"__worker", ad_cmd_worker},
 };
 
+static void print_error(void) {
+  const char *msg = ad_error_message();
+  fprintf(stderr, "%s%s\n", strncmp(msg, "autodist", 8) ? "autodist: " : "", msg);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fputs(usage, stderr);
@@ -44,11 +49,17 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], commands[i].name))
       continue;
     ad_status st = commands[i].fn(argc - 1, argv + 1);
-    if (st != AD_OK) {
-      const char *msg = ad_error_message();
-      fprintf(stderr, "%s%s\n", strncmp(msg, "autodist", 8) ? "autodist: " : "", msg);
-    }
+    if (st != AD_OK)
+      print_error();
     return ad_status_exit_code(st);
+  }
+  /* The remote-shell agent exits with the remote command's exit code. */
+  if (!strcmp(argv[1], "__rsh")) {
+    int code = 0;
+    ad_status st = ad_cmd_rsh(argc - 1, argv + 1, &code);
+    if (st != AD_OK)
+      print_error();
+    return st == AD_OK ? code : ad_status_exit_code(st);
   }
   fprintf(stderr, "autodist: error: unknown command '%s'\n\n%s", argv[1], usage);
   return 2;

@@ -7,7 +7,8 @@
  * hashes every listed file. The reader is strict and distrustful: the format
  * and autodist version must match, every value is range-checked (tensors inside
  * the arena, weights inside weights.bin, modules listed as files, workers then
- * servers, shards inside their parameter and their server's arena), file paths
+ * servers, shards inside their parameter and their server's arena, one chief
+ * and an ssh group on every other node, every device on a listed node), file paths
  * must stay inside the plan folder, and every hash must match, all before any
  * process starts. Every pointer in an ad_plan is malloc'd and owned by the plan
  * (ad_plan_free frees them one by one, so a half-read plan is freed the same
@@ -36,10 +37,18 @@ static const struct {
               {"uint8", 1},   {"int16", 2},   {"uint16", 2},  {"int32", 4},    {"uint32", 4},
               {"int64", 8},   {"uint64", 8},  {"bool", 1}};
 
-static const char *const top_keys[] = {
-    "format",   "autodist_version", "model_sha256", "strategy", "training", "global_batch",
-    "replicas", "mem_bytes",        "loss",         "devices",  "tensors",  "buckets",
-    "sync",     "staleness",        "shards",       "files",    NULL};
+static const char *const top_keys[] = {"format",       "autodist_version",
+                                       "model_sha256", "strategy",
+                                       "training",     "global_batch",
+                                       "replicas",     "mem_bytes",
+                                       "loss",         "nodes",
+                                       "devices",      "tensors",
+                                       "buckets",      "sync",
+                                       "staleness",    "shards",
+                                       "files",        NULL};
+static const char *const node_keys[] = {"address", "chief", "ssh", NULL};
+static const char *const ssh_keys[] = {"username",    "port",        "key_file", "known_hosts",
+                                       "python_venv", "shared_envs", NULL};
 static const char *const device_keys[] = {"rank", "role",   "node",      "type",
                                           "id",   "module", "mem_bytes", NULL};
 static const char *const tensor_keys[] = {"name",   "role", "dtype", "dims",
@@ -91,6 +100,17 @@ static bool plan_path_ok(const char *p) {
     if (*s == '/')
       s++;
   }
+  return true;
+}
+
+/* [A-Za-z_][A-Za-z0-9_]*, as the resource spec requires of shared_envs. */
+static bool env_name_ok(const char *s) {
+  if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
+    return false;
+  for (s++; *s; s++)
+    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+          *s == '_'))
+      return false;
   return true;
 }
 
@@ -168,6 +188,42 @@ static ad_status check_write_str(const char *what, const char *s) {
   return AD_OK;
 }
 
+static void emit_node(FILE *f, const ad_plan_node *nd) {
+  fputs("\n  - {address: ", f);
+  put_str(f, nd->address);
+  fprintf(f, ", chief: %s", nd->chief ? "true" : "false");
+  if (nd->ssh) {
+    /* Absent settings are left out (the reader's defaults apply); the port
+     * always has a value. */
+    fputs(", ssh: {", f);
+    if (nd->username) {
+      fputs("username: ", f);
+      put_str(f, nd->username);
+      fputs(", ", f);
+    }
+    fprintf(f, "port: %d", nd->port ? nd->port : 22);
+    const char *const keys[] = {"key_file", "known_hosts", "python_venv"};
+    const char *const values[] = {nd->key_file, nd->known_hosts, nd->python_venv};
+    for (int k = 0; k < 3; k++)
+      if (values[k]) {
+        fprintf(f, ", %s: ", keys[k]);
+        put_str(f, values[k]);
+      }
+    if (nd->n_envs) {
+      fputs(", shared_envs: {", f);
+      for (int k = 0; k < nd->n_envs; k++) {
+        fputs(k ? ", " : "", f);
+        put_str(f, nd->envs[k].key);
+        fputs(": ", f);
+        put_str(f, nd->envs[k].value);
+      }
+      fputs("}", f);
+    }
+    fputs("}", f);
+  }
+  fputs("}", f);
+}
+
 static ad_status emit(const ad_plan *pl, char (*hashes)[65], FILE *f) {
   fprintf(f, "# autodist plan (docs/plan-format.md), written by `autodist compile`.\n"
              "# Every file below is hash-checked by `autodist run`: recompile, do not edit.\n");
@@ -183,6 +239,11 @@ static ad_status emit(const ad_plan *pl, char (*hashes)[65], FILE *f) {
           pl->replicas, (long long)pl->mem_bytes);
   fputs("loss: ", f);
   put_str(f, pl->loss_kind);
+  fputs("\nnodes:", f);
+  if (!pl->n_nodes)
+    fputs(" []", f);
+  for (int i = 0; i < pl->n_nodes; i++)
+    emit_node(f, &pl->nodes[i]);
   fputs("\ndevices:", f);
   if (!pl->n_devices)
     fputs(" []", f);
@@ -252,6 +313,19 @@ ad_status ad_plan_write(const ad_plan *pl, const char *dir) {
   AD_TRY(check_write_str("model_sha256", pl->model_sha256));
   AD_TRY(check_write_str("strategy", pl->strategy));
   AD_TRY(check_write_str("loss", pl->loss_kind));
+  for (int i = 0; i < pl->n_nodes; i++) {
+    const ad_plan_node *nd = &pl->nodes[i];
+    AD_ASSERT(nd->address);
+    AD_TRY(check_write_str("a node address", nd->address));
+    AD_TRY(check_write_str("a node's username", nd->username));
+    AD_TRY(check_write_str("a node's key_file", nd->key_file));
+    AD_TRY(check_write_str("a node's known_hosts", nd->known_hosts));
+    AD_TRY(check_write_str("a node's python_venv", nd->python_venv));
+    for (int k = 0; k < nd->n_envs; k++) {
+      AD_TRY(check_write_str("a shared_envs name", nd->envs[k].key));
+      AD_TRY(check_write_str("a shared_envs value", nd->envs[k].value));
+    }
+  }
   for (int i = 0; i < pl->n_devices; i++) {
     AD_TRY(check_write_str("a device node", pl->devices[i].node));
     AD_TRY(check_write_str("a device type", pl->devices[i].type));
@@ -488,6 +562,85 @@ static ad_status read_shard(const ad_yaml_doc *d, const ad_yaml_node *m, ad_plan
   return AD_OK;
 }
 
+/* A node and its ssh settings. Addresses are checked like the resource
+ * spec's (they reach mpirun's command line); shared_envs names must be
+ * environment variable names, since `__rsh` exports them. */
+static ad_status read_node(const ad_yaml_doc *d, const ad_yaml_node *m, ad_plan_node *nd) {
+  ad_status st;
+  const ad_yaml_node *v, *ssh;
+  const char *s;
+  AD_TRY(entry_map(d, m, "nodes", node_keys));
+  if (!(nd->address = dup_str(d, m, "address", &st)))
+    return st;
+  if (!*nd->address || strpbrk(nd->address, " \t\n'\"`$;&|<>\\"))
+    return ad_yaml_error(d, ad_yaml_get(m, "address"),
+                         "'address' must be a host name or IP address, got '%s'", nd->address);
+  AD_TRY(ad_yaml_require(d, m, "chief", &v));
+  AD_TRY(ad_yaml_bool(d, v, "chief", &nd->chief));
+  nd->port = 22;
+  if (!(ssh = ad_yaml_get(m, "ssh")))
+    return AD_OK;
+  nd->ssh = true;
+  AD_TRY(ad_yaml_expect_map(d, ssh, "ssh"));
+  AD_TRY(ad_yaml_check_keys(d, ssh, ssh_keys));
+  if (ad_yaml_get(ssh, "port"))
+    AD_TRY(get_int32(d, ssh, "port", 1, 65535, &nd->port));
+  char **const fields[] = {&nd->username, &nd->key_file, &nd->known_hosts, &nd->python_venv};
+  const char *const names[] = {"username", "key_file", "known_hosts", "python_venv"};
+  for (int k = 0; k < 4; k++) {
+    if (!(v = ad_yaml_get(ssh, names[k])))
+      continue;
+    AD_TRY(ad_yaml_string(d, v, names[k], &s));
+    if (!*s)
+      return ad_yaml_error(d, v, "'%s' must not be empty (leave the key out instead)", names[k]);
+    *fields[k] = ad_xstrdup(s);
+  }
+  if (!(v = ad_yaml_get(ssh, "shared_envs")))
+    return AD_OK;
+  AD_TRY(ad_yaml_expect_map(d, v, "shared_envs"));
+  nd->envs = ad_xcalloc((size_t)v->n + 1, sizeof(ad_plan_env));
+  for (int k = 0; k < v->n; k++) {
+    if (!env_name_ok(v->keys[k]->str))
+      return ad_yaml_error(d, v->keys[k], "'%s' is not a valid environment variable name",
+                           v->keys[k]->str);
+    AD_TRY(ad_yaml_string(d, v->items[k], v->keys[k]->str, &s));
+    nd->envs[k].key = ad_xstrdup(v->keys[k]->str);
+    nd->envs[k].value = ad_xstrdup(s);
+    nd->n_envs = k + 1;
+  }
+  return AD_OK;
+}
+
+/* The nodes: unique addresses, exactly one chief, an ssh group on every other
+ * node (that is how `run` reaches it). */
+static ad_status read_nodes(const ad_yaml_doc *d, const ad_yaml_node *list, ad_plan *pl) {
+  pl->nodes = ad_xcalloc((size_t)list->n + 1, sizeof(ad_plan_node));
+  int chief = -1;
+  for (int i = 0; i < list->n; i++) {
+    const ad_yaml_node *m = list->items[i];
+    ad_plan_node *nd = &pl->nodes[i];
+    pl->n_nodes = i + 1;
+    AD_TRY(read_node(d, m, nd));
+    for (int j = 0; j < i; j++)
+      if (!strcmp(pl->nodes[j].address, nd->address))
+        return ad_yaml_error(d, m, "node '%s' is listed twice", nd->address);
+    if (nd->chief && chief >= 0)
+      return ad_yaml_error(d, ad_yaml_get(m, "chief"), "two chief nodes: '%s' and '%s'",
+                           pl->nodes[chief].address, nd->address);
+    if (nd->chief)
+      chief = i;
+  }
+  if (chief < 0)
+    return ad_yaml_error(d, list, "no node has 'chief: true'; exactly one node is the chief");
+  for (int i = 0; i < list->n; i++)
+    if (!pl->nodes[i].chief && !pl->nodes[i].ssh)
+      return ad_yaml_error(d, list->items[i],
+                           "node '%s' is not the chief and has no 'ssh'; `run` reaches the "
+                           "other nodes over SSH",
+                           pl->nodes[i].address);
+  return AD_OK;
+}
+
 static ad_status read_plan(const ad_yaml_doc *d, ad_plan *pl) {
   const ad_yaml_node *root = d->root, *v, *list;
   ad_status st;
@@ -527,6 +680,10 @@ static ad_status read_plan(const ad_yaml_doc *d, ad_plan *pl) {
   AD_TRY(get_int(d, root, "mem_bytes", 0, MAX_BYTES, &pl->mem_bytes));
   if (!(pl->loss_kind = dup_str(d, root, "loss", &st)))
     return st;
+  AD_TRY(get_list(d, root, "nodes", &list));
+  if (list->n == 0)
+    return ad_yaml_error(d, list, "'nodes' is empty");
+  AD_TRY(read_nodes(d, list, pl));
 
   /* files first: devices and tensors refer to them. */
   AD_TRY(get_list(d, root, "files", &list));
@@ -585,6 +742,12 @@ static ad_status read_plan(const ad_yaml_doc *d, ad_plan *pl) {
     pl->n_servers += dv->role == AD_DEVICE_SERVER;
     if (!(dv->node = dup_str(d, m, "node", &st)) || !(dv->type = dup_str(d, m, "type", &st)))
       return st;
+    bool known = false;
+    for (int j = 0; j < pl->n_nodes; j++)
+      known |= !strcmp(pl->nodes[j].address, dv->node);
+    if (!known)
+      return ad_yaml_error(d, ad_yaml_get(m, "node"), "node '%s' is not listed under 'nodes'",
+                           dv->node);
     if (strcmp(dv->type, "cpu") && strcmp(dv->type, "gpu"))
       return ad_yaml_error(d, ad_yaml_get(m, "type"), "device type must be cpu or gpu, got '%s'",
                            dv->type);
@@ -713,6 +876,20 @@ void ad_plan_free(ad_plan *pl) {
   free(pl->model_sha256);
   free(pl->strategy);
   free(pl->loss_kind);
+  for (int i = 0; i < pl->n_nodes; i++) {
+    ad_plan_node *nd = &pl->nodes[i];
+    free(nd->address);
+    free(nd->username);
+    free(nd->key_file);
+    free(nd->known_hosts);
+    free(nd->python_venv);
+    for (int k = 0; k < nd->n_envs; k++) {
+      free(nd->envs[k].key);
+      free(nd->envs[k].value);
+    }
+    free(nd->envs);
+  }
+  free(pl->nodes);
   for (int i = 0; i < pl->n_devices; i++) {
     free(pl->devices[i].node);
     free(pl->devices[i].type);

@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 pkgs=(cmake gcc g++ make pkg-config libprotobuf-c-dev protobuf-c-compiler libonnx-dev libyaml-dev
-      llvm-16-dev libopenblas-dev libopenmpi-dev openmpi-bin libssh-dev
+      llvm-16-dev libopenblas-dev libopenmpi-dev openmpi-bin libssh-dev openssh-server openssh-client
       python3 python3-pip python3-numpy python3-torch python3-onnx python3-sklearn python3-yaml)
 missing=()
 for p in "${pkgs[@]}"; do

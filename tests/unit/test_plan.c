@@ -3,7 +3,9 @@
  * documented in docs/plan-format.md, and the loader's refusals (tampered file,
  * other format or version, tensors outside the arena, paths leaving the plan,
  * workers and servers out of place, shards outside their parameter or their
- * server's arena). The sample plan has two workers and a parameter server.
+ * server's arena, nodes without one chief or without ssh, devices on unlisted
+ * nodes). The sample plan has two workers and a parameter server on the
+ * chief, and a second node reached over SSH.
  *
  * File hashes are compared with sha256sum's output for the same bytes
  * (computed outside the project), and the round-tripped manifest must also load
@@ -105,6 +107,21 @@ static ad_plan_shard shards[] = {
      .param_offset = 64,
      .grad_offset = 80},
 };
+/* The chief and a node reached over SSH, with a shared_envs value full of
+ * shell and YAML metacharacters (it must come back byte for byte). */
+static ad_plan_env envs[] = {{"OMP_NUM_THREADS", "1"}, {"X_Y", "$(id); \"a b\" \\"}};
+static ad_plan_node nodes[] = {
+    {.address = "localhost", .chief = true, .port = 22},
+    {.address = "10.0.0.2",
+     .ssh = true,
+     .username = "ubuntu",
+     .port = 2222,
+     .key_file = "/home/u/.ssh/id_ed25519",
+     .known_hosts = "/home/u/.ssh/known_hosts",
+     .python_venv = "source /opt/env.sh",
+     .n_envs = 2,
+     .envs = envs},
+};
 static ad_plan_file files[] = {{"device0.bc", ""},
                                {"device1.bc", ""},
                                {"server0.bc", ""},
@@ -123,6 +140,8 @@ static ad_plan sample_plan(void) {
   p.replicas = 2;
   p.mem_bytes = 384;
   p.loss_kind = "cross_entropy";
+  p.n_nodes = 2;
+  p.nodes = nodes;
   p.n_devices = 3;
   p.devices = devices;
   p.n_tensors = (int)(sizeof tensors / sizeof *tensors);
@@ -151,6 +170,12 @@ static const char *golden =
     "replicas: 2\n"
     "mem_bytes: 384\n"
     "loss: \"cross_entropy\"\n"
+    "nodes:\n"
+    "  - {address: \"localhost\", chief: true}\n"
+    "  - {address: \"10.0.0.2\", chief: false, ssh: {username: \"ubuntu\", port: 2222, key_file: "
+    "\"/home/u/.ssh/id_ed25519\", known_hosts: \"/home/u/.ssh/known_hosts\", python_venv: "
+    "\"source /opt/env.sh\", shared_envs: {\"OMP_NUM_THREADS\": \"1\", \"X_Y\": "
+    "\"$(id); \\\"a b\\\" \\\\\"}}}\n"
     "devices:\n"
     "  - {rank: 0, role: worker, node: \"localhost\", type: \"cpu\", id: 0, module: "
     "\"device0.bc\", mem_bytes: 384}\n"
@@ -224,6 +249,21 @@ static void test_round_trip(void) {
   CHECK(q->training && q->global_batch == 16 && q->replicas == 2 && q->mem_bytes == 384);
   CHECK_STR(q->loss_kind, "cross_entropy");
   CHECK_STR(q->dir, dir);
+  CHECK(q->n_nodes == 2);
+  for (int i = 0; i < q->n_nodes && i < 2; i++) {
+    const ad_plan_node *a = &q->nodes[i], *b = &nodes[i];
+    CHECK_STR(a->address, b->address);
+    CHECK(a->chief == b->chief && a->ssh == b->ssh && a->port == b->port);
+    CHECK(a->n_envs == b->n_envs);
+    const char *const got[] = {a->username, a->key_file, a->known_hosts, a->python_venv};
+    const char *const sent[] = {b->username, b->key_file, b->known_hosts, b->python_venv};
+    for (int k = 0; k < 4; k++)
+      CHECK(sent[k] ? got[k] && !strcmp(got[k], sent[k]) : !got[k]);
+    for (int k = 0; k < a->n_envs && k < b->n_envs; k++) {
+      CHECK_STR(a->envs[k].key, b->envs[k].key);
+      CHECK_STR(a->envs[k].value, b->envs[k].value);
+    }
+  }
   CHECK(q->n_devices == p.n_devices);
   for (int i = 0; i < q->n_devices && i < p.n_devices; i++) {
     CHECK(q->devices[i].rank == p.devices[i].rank && q->devices[i].id == p.devices[i].id);
@@ -342,105 +382,136 @@ static void test_refusals(void) {
                     "%s/plan.yaml:3:9: error: plan format 2 is not supported (this autodist reads "
                     "format 1); recompile the plan");
   expect_edit_error("offset: 256, init: -1", "offset: 300, init: -1",
-                    "%s/plan.yaml:24:5: error: tensor 'yes' (offset 300, 128 bytes) ends past "
+                    "%s/plan.yaml:27:5: error: tensor 'yes' (offset 300, 128 bytes) ends past "
                     "mem_bytes 384");
   expect_edit_error("mem_bytes: 384\nloss", "mem_bytes: 300\nloss",
-                    "%s/plan.yaml:13:101: error: a worker's 'mem_bytes' must be the plan's "
+                    "%s/plan.yaml:16:101: error: a worker's 'mem_bytes' must be the plan's "
                     "mem_bytes 300, got 384");
   expect_edit_error("role: state", "role: stat",
-                    "%s/plan.yaml:23:32: error: unknown tensor role 'stat'");
+                    "%s/plan.yaml:26:32: error: unknown tensor role 'stat'");
   expect_edit_error("dtype: \"int64\"", "dtype: \"int65\"",
-                    "%s/plan.yaml:20:41: error: unknown dtype 'int65'");
+                    "%s/plan.yaml:23:41: error: unknown dtype 'int65'");
   expect_edit_error("dims: [8], offset: 112, init: -1, bytes: 64",
                     "dims: [8], offset: 112, init: -1, bytes: 60",
-                    "%s/plan.yaml:20:91: error: tensor 'label' has 60 bytes, too few for its dims "
+                    "%s/plan.yaml:23:91: error: tensor 'label' has 60 bytes, too few for its dims "
                     "and dtype");
   expect_edit_error("offset: 32, init: 32, bytes: 16", "offset: 32, init: -1, bytes: 16",
-                    "%s/plan.yaml:18:83: error: 'init' must be between 0 and 1125899906842624, "
+                    "%s/plan.yaml:21:83: error: 'init' must be between 0 and 1125899906842624, "
                     "got -1");
   expect_edit_error("offset: 32, init: 32, bytes: 16", "offset: 32, init: 40, bytes: 16",
                     "%s/plan.yaml: error: tensor 'fc.bias' (init 40, 16 bytes) ends past the end "
                     "of weights.bin (48 bytes)");
   expect_edit_error("module: \"device1.bc\"", "module: \"device2.bc\"",
-                    "%s/plan.yaml:14:76: error: module 'device2.bc' is not listed under 'files'");
+                    "%s/plan.yaml:17:76: error: module 'device2.bc' is not listed under 'files'");
   expect_edit_error("rank: 1,", "rank: 0,",
-                    "%s/plan.yaml:14:12: error: 'rank' must be between 1 and 1, got 0");
+                    "%s/plan.yaml:17:12: error: 'rank' must be between 1 and 1, got 0");
   expect_edit_error("path: \"model.onnx\"", "path: \"../model.onnx\"",
-                    "%s/plan.yaml:37:12: error: '../model.onnx' is not a path inside the plan "
+                    "%s/plan.yaml:40:12: error: '../model.onnx' is not a path inside the plan "
                     "folder");
   expect_edit_error("path: \"model.onnx\"", "path: \"/etc/passwd\"",
-                    "%s/plan.yaml:37:12: error: '/etc/passwd' is not a path inside the plan "
+                    "%s/plan.yaml:40:12: error: '/etc/passwd' is not a path inside the plan "
                     "folder");
   expect_edit_error("replicas: 2", "replicas: 4",
                     "%s/plan.yaml:9:11: error: 'replicas' is 4 but the plan lists 3 devices");
   expect_edit_error("{offset: 192, bytes: 32}", "{offset: 380, bytes: 32}",
-                    "%s/plan.yaml:26:5: error: bucket (offset 380, 32 bytes) ends past mem_bytes "
+                    "%s/plan.yaml:29:5: error: bucket (offset 380, 32 bytes) ends past mem_bytes "
                     "384");
   expect_edit_error("training: true", "training: true\nepochs: 3",
                     "%s/plan.yaml:8:1: error: unknown key 'epochs' (expected one of: format, "
                     "autodist_version, model_sha256, strategy, training, global_batch, replicas, "
-                    "mem_bytes, loss, devices, tensors, buckets, sync, staleness, shards, files)");
+                    "mem_bytes, loss, nodes, devices, tensors, buckets, sync, staleness, shards, "
+                    "files)");
   expect_edit_error("model_sha256: \"0011", "model_sha256: \"0X11",
                     "%s/plan.yaml:5:15: error: 'model_sha256' must be 64 lowercase hex digits");
   expect_edit_error("name: \"x\", role: input", "name: \"loss\", role: loss",
-                    "%s/plan.yaml:21:5: error: tensor 'loss' is listed twice as loss");
+                    "%s/plan.yaml:24:5: error: tensor 'loss' is listed twice as loss");
   expect_edit_error("global_batch: 16\n", "",
                     "%s/plan.yaml:3:1: error: missing required key 'global_batch'");
 
   /* Devices: workers are ranks 0..replicas-1, every later rank a server. */
   expect_edit_error("rank: 2, role: server", "rank: 2, role: boss",
-                    "%s/plan.yaml:15:21: error: unknown device role 'boss' (expected worker or "
+                    "%s/plan.yaml:18:21: error: unknown device role 'boss' (expected worker or "
                     "server)");
   expect_edit_error("rank: 1, role: worker", "rank: 1, role: server",
-                    "%s/plan.yaml:14:21: error: device rank 1 must be a worker: ranks 0..1 are "
+                    "%s/plan.yaml:17:21: error: device rank 1 must be a worker: ranks 0..1 are "
                     "the 2 replicas");
   expect_edit_error("replicas: 2", "replicas: 3",
-                    "%s/plan.yaml:15:21: error: device rank 2 must be a worker: ranks 0..2 are "
+                    "%s/plan.yaml:18:21: error: device rank 2 must be a worker: ranks 0..2 are "
                     "the 3 replicas");
   expect_edit_error("replicas: 2", "replicas: 1",
-                    "%s/plan.yaml:14:21: error: device rank 1 must be a server: ranks from 1 on "
+                    "%s/plan.yaml:17:21: error: device rank 1 must be a server: ranks from 1 on "
                     "are parameter servers (replicas: 1)");
   expect_edit_error("rank: 0, role: worker, ", "rank: 0, ",
-                    "%s/plan.yaml:13:5: error: missing required key 'role'");
+                    "%s/plan.yaml:16:5: error: missing required key 'role'");
   expect_edit_error("id: -1", "id: -2",
-                    "%s/plan.yaml:15:65: error: 'id' must be between -1 and 1000000, got -2");
+                    "%s/plan.yaml:18:65: error: 'id' must be between -1 and 1000000, got -2");
   expect_edit_error("training: true", "training: false",
-                    "%s/plan.yaml:15:21: error: an inference plan has no parameter servers");
+                    "%s/plan.yaml:18:21: error: an inference plan has no parameter servers");
+
+  /* Nodes: unique, exactly one chief, ssh on every other node, and every
+   * device on a listed node. */
+  expect_edit_error("node: \"localhost\", type: \"cpu\", id: 1",
+                    "node: \"10.0.0.3\", type: \"cpu\", id: 1",
+                    "%s/plan.yaml:17:35: error: node '10.0.0.3' is not listed under 'nodes'");
+  expect_edit_error("chief: false", "chief: true",
+                    "%s/plan.yaml:14:34: error: two chief nodes: 'localhost' and '10.0.0.2'");
+  expect_edit_error("\"localhost\", chief: true", "\"localhost\", chief: false",
+                    "%s/plan.yaml:13:3: error: no node has 'chief: true'; exactly one node is the "
+                    "chief");
+  expect_edit_error("chief: true}\n  - {address: \"10.0.0.2\", chief: false",
+                    "chief: false}\n  - {address: \"10.0.0.2\", chief: true",
+                    "%s/plan.yaml:13:5: error: node 'localhost' is not the chief and has no "
+                    "'ssh'; `run` reaches the other nodes over SSH");
+  expect_edit_error("{address: \"10.0.0.2\"", "{address: \"localhost\"",
+                    "%s/plan.yaml:14:5: error: node 'localhost' is listed twice");
+  expect_edit_error("{address: \"10.0.0.2\"", "{address: \"10.0.0.2;id\"",
+                    "%s/plan.yaml:14:15: error: 'address' must be a host name or IP address, got "
+                    "'10.0.0.2;id'");
+  expect_edit_error("port: 2222", "port: 0",
+                    "%s/plan.yaml:14:73: error: 'port' must be between 1 and 65535, got 0");
+  expect_edit_error(
+      "{username: \"ubuntu\"", "{user: \"ubuntu\"",
+      "%s/plan.yaml:14:47: error: unknown key 'user' (expected one of: username, port, "
+      "key_file, known_hosts, python_venv, shared_envs)");
+  expect_edit_error("\"X_Y\":", "\"X-Y\":",
+                    "%s/plan.yaml:14:230: error: 'X-Y' is not a valid environment variable name");
+  expect_edit_error("python_venv: \"source /opt/env.sh\"", "python_venv: []",
+                    "%s/plan.yaml:14:170: error: 'python_venv' must be a string, got a list");
 
   /* Synchronisation. */
   expect_edit_error("sync: \"stale\"", "sync: \"bulk\"",
-                    "%s/plan.yaml:27:7: error: unknown sync mode 'bulk' (expected sync, stale or "
+                    "%s/plan.yaml:30:7: error: unknown sync mode 'bulk' (expected sync, stale or "
                     "async)");
   expect_edit_error("sync: \"stale\"", "sync: \"async\"",
-                    "%s/plan.yaml:28:12: error: 'staleness' must be 0 unless sync is \"stale\", "
+                    "%s/plan.yaml:31:12: error: 'staleness' must be 0 unless sync is \"stale\", "
                     "got 2");
 
   /* Shards: of a float32 param, inside its rows and inside the server's arena. */
   expect_edit_error("var: \"fc.weight\"", "var: \"x\"",
-                    "%s/plan.yaml:30:11: error: shard variable 'x' is not a param tensor");
+                    "%s/plan.yaml:33:11: error: shard variable 'x' is not a param tensor");
   expect_edit_error("server: 0, row0: 0", "server: 1, row0: 0",
-                    "%s/plan.yaml:30:32: error: 'server' must be between 0 and 0, got 1");
+                    "%s/plan.yaml:33:32: error: 'server' must be between 0 and 0, got 1");
   expect_edit_error("row0: 1, rows: 3", "row0: 2, rows: 3",
-                    "%s/plan.yaml:31:5: error: shard of 'fc.bias' (rows 2..4) ends past its 4 "
+                    "%s/plan.yaml:34:5: error: shard of 'fc.bias' (rows 2..4) ends past its 4 "
                     "rows");
   expect_edit_error("row_bytes: 16", "row_bytes: 20",
-                    "%s/plan.yaml:30:64: error: 'row_bytes' 20 does not fit: 'fc.weight' has 2 "
+                    "%s/plan.yaml:33:64: error: 'row_bytes' 20 does not fit: 'fc.weight' has 2 "
                     "rows of float32 in 32 bytes");
   expect_edit_error("param_offset: 64", "param_offset: 120",
-                    "%s/plan.yaml:31:93: error: shard of 'fc.bias' (param_offset 120, 12 bytes) "
+                    "%s/plan.yaml:34:93: error: shard of 'fc.bias' (param_offset 120, 12 bytes) "
                     "ends past server 0's mem_bytes 128");
   expect_edit_error("param_offset: 64", "param_offset: 40",
-                    "%s/plan.yaml:31:93: error: shard of 'fc.bias': its param range overlaps the "
+                    "%s/plan.yaml:34:93: error: shard of 'fc.bias': its param range overlaps the "
                     "grad range of the shard of 'fc.weight' on server 0");
   expect_edit_error("grad_offset: 80", "grad_offset: 70",
-                    "%s/plan.yaml:31:5: error: shard of 'fc.bias': its param and grad ranges "
+                    "%s/plan.yaml:34:5: error: shard of 'fc.bias': its param and grad ranges "
                     "overlap");
   expect_edit_error("var: \"fc.bias\", server: 0, row0: 1, rows: 3, row_bytes: 4",
                     "var: \"fc.weight\", server: 0, row0: 1, rows: 1, row_bytes: 4",
-                    "%s/plan.yaml:31:5: error: shard of 'fc.weight' (rows 1..1) overlaps an "
+                    "%s/plan.yaml:34:5: error: shard of 'fc.weight' (rows 1..1) overlaps an "
                     "earlier one");
   expect_edit_error("sparse: false", "sparse: 1",
-                    "%s/plan.yaml:30:76: error: 'sparse' must be true or false, got an integer");
+                    "%s/plan.yaml:33:76: error: 'sparse' must be true or false, got an integer");
 
   /* The same name under two roles (a model output named "loss" is also the loss). */
   ad_plan same = sample_plan();
