@@ -22,6 +22,15 @@
  *   done      worker -> server: announce {DONE, 0, 0}: it ran its last step
  *   final     server -> worker 0 once every worker is done: {0, n} then one
  *             whole segment per shard of the server (sparse ones included)
+ *   ckpt      worker 0 -> server (sync only), after it pulled the reply of step
+ *             k: announce {CKPT, k, 0}; answer {k, bytes} then the server's
+ *             whole arena (its shards, their gradient regions and the optimizer
+ *             state of its program, which the plan does not list) as it is
+ *             after the update of step k: no update of step k + 1 can come
+ *             before, since it needs worker 0's next push, announced later
+ *   restore   worker 0 -> a resuming server, before anything else (the server
+ *             waits for it before it serves): {k, bytes} then the arena of a
+ *             checkpoint; the server's next update is that of step k + 1
  * A segment is {shard, kind, n} and then, for kind 0 (whole shard) n bytes of
  * values, for kind 1 (rows of a sparse shard) n local row ids and n rows of
  * values; each segment is padded to 8 bytes so that ids and floats stay
@@ -69,8 +78,17 @@
 #include <sys/prctl.h>
 #include <time.h>
 
-enum { TAG_ANNOUNCE = 7001, TAG_PUSH, TAG_REPLY, TAG_ROWS_REQ, TAG_ROWS, TAG_FINAL };
-enum { ANN_PUSH = 1, ANN_ROWS, ANN_DONE };
+enum {
+  TAG_ANNOUNCE = 7001,
+  TAG_PUSH,
+  TAG_REPLY,
+  TAG_ROWS_REQ,
+  TAG_ROWS,
+  TAG_FINAL,
+  TAG_CKPT,
+  TAG_RESTORE
+};
+enum { ANN_PUSH = 1, ANN_ROWS, ANN_DONE, ANN_CKPT };
 enum { SEG_WHOLE = 0, SEG_ROWS = 1 };
 
 #define HEADER 16     /* {step, n_segments} */
@@ -670,6 +688,42 @@ void ad_rt_ps_pull_rows(void *rt, int64_t server, int64_t shard, int64_t row0, i
   ad_comm_add_bytes(ps->comm, n * (8 + row_bytes));
 }
 
+/* Worker 0's transfers with every server at once (final values, checkpoint
+ * arenas): one buffer and one chunked transfer per server. */
+typedef struct fan {
+  int n;
+  char **bufs;
+  xfer *xs;
+  xfer **xp;
+} fan;
+
+static fan fan_create(int n) {
+  fan f = {.n = n};
+  f.bufs = ad_xcalloc((size_t)n, sizeof *f.bufs);
+  f.xs = ad_xcalloc((size_t)n, sizeof *f.xs);
+  f.xp = ad_xcalloc((size_t)n, sizeof *f.xp);
+  for (int s = 0; s < n; s++)
+    f.xp[s] = &f.xs[s];
+  return f;
+}
+
+/* Server s's buffer of len bytes (to fill before fan_start sends it). */
+static char *fan_buf(fan *f, int s, int64_t len) {
+  f->bufs[s] = ad_xrealloc(f->bufs[s], (size_t)len);
+  return f->bufs[s];
+}
+
+static void fan_free(fan *f) {
+  for (int s = 0; s < f->n; s++) {
+    if (f->bufs)
+      free(f->bufs[s]);
+    xfer_free(&f->xs[s]);
+  }
+  free(f->bufs);
+  free(f->xs);
+  free(f->xp);
+}
+
 ad_status ad_ps_worker_finish(ad_ps_worker *ps, char *mem) {
   AD_TRY(ad_comm_check(ps->comm));
   const ad_plan *p = ps->plan;
@@ -684,24 +738,20 @@ ad_status ad_ps_worker_finish(ad_ps_worker *ps, char *mem) {
   if (ps->rank != 0)
     return AD_OK;
   /* Worker 0 writes the servers' final values over its own copies. */
-  char **bufs = ad_xcalloc((size_t)ps->n_servers, sizeof *bufs);
-  xfer *xs = ad_xcalloc((size_t)ps->n_servers, sizeof *xs);
-  xfer **xp = ad_xcalloc((size_t)ps->n_servers, sizeof *xp);
+  fan f = fan_create(ps->n_servers);
   ad_status st = AD_OK;
   for (int s = 0; s < ps->n_servers && st == AD_OK; s++) {
     int64_t len = values_bytes(p, s, true);
-    bufs[s] = ad_xmalloc((size_t)len);
-    xp[s] = &xs[s];
-    st = xfer_start(&xs[s], false, bufs[s], len, p->replicas + s, TAG_FINAL);
+    st = xfer_start(&f.xs[s], false, fan_buf(&f, s, len), len, p->replicas + s, TAG_FINAL);
   }
   if (st == AD_OK)
-    st = xfer_wait(xp, ps->n_servers);
+    st = xfer_wait(f.xp, ps->n_servers);
   for (int s = 0; st == AD_OK && s < ps->n_servers; s++) {
     int64_t len = values_bytes(p, s, true), step = 0, n = 0, pos = HEADER;
-    st = msg_header(bufs[s], len, &step, &n);
+    st = msg_header(f.bufs[s], len, &step, &n);
     for (int64_t i = 0; st == AD_OK && i < n; i++) {
       ad_ps_seg seg;
-      st = ad_ps_msg_next(p, s, bufs[s], len, &pos, &seg);
+      st = ad_ps_msg_next(p, s, f.bufs[s], len, &pos, &seg);
       if (st == AD_OK && seg.rows)
         st = ad_fail(AD_ERR_JOB, "error: parameter server %d sent rows as a final value", s);
       if (st == AD_OK) {
@@ -711,13 +761,69 @@ ad_status ad_ps_worker_finish(ad_ps_worker *ps, char *mem) {
       }
     }
   }
-  for (int s = 0; s < ps->n_servers; s++) {
-    free(bufs[s]);
-    xfer_free(&xs[s]);
+  fan_free(&f);
+  return st;
+}
+
+/* Bytes of server s's arena (what a checkpoint holds of it). */
+static int64_t arena_bytes(const ad_plan *p, int s) {
+  return p->devices[p->replicas + s].mem_bytes;
+}
+
+ad_status ad_ps_worker_checkpoint(ad_ps_worker *ps, int64_t step, char ***arenas) {
+  AD_TRY(ad_comm_check(ps->comm));
+  const ad_plan *p = ps->plan;
+  AD_ASSERT(ps->rank == 0);
+  for (int s = 0; s < ps->n_servers; s++)
+    if (ps->links[s].pending)
+      return ad_fail(AD_ERR_JOB,
+                     "error: checkpoint of step %lld while the push to server %d is unanswered",
+                     (long long)step, s);
+  fan f = fan_create(ps->n_servers);
+  ad_status st = AD_OK;
+  /* Each receive is posted before the request, so that the answer lands in place. */
+  for (int s = 0; s < ps->n_servers && st == AD_OK; s++) {
+    int64_t len = HEADER + arena_bytes(p, s);
+    st = xfer_start(&f.xs[s], false, fan_buf(&f, s, len), len, p->replicas + s, TAG_CKPT);
+    if (st == AD_OK)
+      st = announce(p->replicas + s, ANN_CKPT, step, 0);
   }
-  free(bufs);
-  free(xs);
-  free(xp);
+  if (st == AD_OK)
+    st = xfer_wait(f.xp, ps->n_servers);
+  for (int s = 0; st == AD_OK && s < ps->n_servers; s++) {
+    char *b = f.bufs[s];
+    if (get_i64(b) != step || get_i64(b + 8) != arena_bytes(p, s))
+      st = ad_fail(AD_ERR_JOB,
+                   "error: parameter server %d answered the checkpoint of step %lld with step "
+                   "%lld (%lld bytes)",
+                   s, (long long)step, (long long)get_i64(b), (long long)get_i64(b + 8));
+    else
+      memmove(b, b + HEADER, (size_t)arena_bytes(p, s));
+  }
+  if (st == AD_OK) { /* the buffers are the caller's now */
+    *arenas = f.bufs;
+    f.bufs = NULL;
+  }
+  fan_free(&f);
+  return st;
+}
+
+ad_status ad_ps_worker_restore(ad_ps_worker *ps, int64_t step, const char *const *arenas) {
+  const ad_plan *p = ps->plan;
+  AD_ASSERT(ps->rank == 0);
+  fan f = fan_create(ps->n_servers);
+  ad_status st = AD_OK;
+  for (int s = 0; s < ps->n_servers && st == AD_OK; s++) {
+    int64_t bytes = arena_bytes(p, s);
+    char *b = fan_buf(&f, s, HEADER + bytes);
+    set_i64(b, step);
+    set_i64(b + 8, bytes);
+    memcpy(b + HEADER, arenas[s], (size_t)bytes);
+    st = xfer_start(&f.xs[s], true, b, HEADER + bytes, p->replicas + s, TAG_RESTORE);
+  }
+  if (st == AD_OK)
+    st = xfer_wait(f.xp, ps->n_servers);
+  fan_free(&f);
   return st;
 }
 
@@ -759,6 +865,9 @@ typedef struct server {
   int *seen;             /* per shard of the plan: segments in the push being added */
   ad_ps_msg shared;      /* sync: the one reply every worker gets */
   peer *peers;
+  char *ckpt; /* a checkpoint's copy of the arena, in flight to worker 0 */
+  int64_t ckpt_cap;
+  xfer ckpt_out;
 } server;
 
 static ad_status load_shards(server *sv) {
@@ -821,6 +930,8 @@ static void server_free(server *sv) {
     xfer_free(&pr->rows_out);
   }
   free(sv->peers);
+  free(sv->ckpt);
+  xfer_free(&sv->ckpt_out);
   ad_ps_msg_free(&sv->shared);
   free(sv->shards);
   free(sv->seen);
@@ -990,6 +1101,44 @@ static ad_status on_push(server *sv, int w) {
   return AD_OK;
 }
 
+/* Worker 0 asks for the arena after the update of `step` (checkpoint): a
+ * copy goes out at once, so later updates do not touch what it sends. */
+static ad_status send_arena(server *sv, int64_t step) {
+  int64_t bytes = arena_bytes(sv->plan, sv->s);
+  AD_TRY(xfer_wait1(&sv->ckpt_out));
+  grow(&sv->ckpt, &sv->ckpt_cap, HEADER + bytes);
+  set_i64(sv->ckpt, step);
+  set_i64(sv->ckpt + 8, bytes);
+  memcpy(sv->ckpt + HEADER, sv->mem, (size_t)bytes);
+  return xfer_start(&sv->ckpt_out, true, sv->ckpt, HEADER + bytes, 0, TAG_CKPT);
+}
+
+/* A resuming server: the arena of the checkpoint from worker 0, before
+ * anything else. */
+static ad_status restore_arena(server *sv) {
+  int64_t bytes = arena_bytes(sv->plan, sv->s), step;
+  char *buf = ad_xmalloc((size_t)(HEADER + bytes));
+  xfer x = {0};
+  ad_status st = xfer_start(&x, false, buf, HEADER + bytes, 0, TAG_RESTORE);
+  if (st == AD_OK)
+    st = xfer_wait1(&x);
+  xfer_free(&x);
+  step = get_i64(buf);
+  if (st == AD_OK && (step < 1 || get_i64(buf + 8) != bytes))
+    st = ad_fail(AD_ERR_JOB,
+                 "error: parameter server %d: a restore of step %lld with %lld bytes (its arena "
+                 "has %lld)",
+                 sv->s, (long long)step, (long long)get_i64(buf + 8), (long long)bytes);
+  if (st == AD_OK) {
+    memcpy(sv->mem, buf + HEADER, (size_t)bytes);
+    sv->updates = step;
+    for (int w = 0; w < sv->W; w++)
+      sv->peers[w].last = step;
+  }
+  free(buf);
+  return st;
+}
+
 /* An announcement from worker w: starts receiving the body it announces. */
 static ad_status on_announce(server *sv, int w, const int64_t m[3]) {
   const ad_plan *p = sv->plan;
@@ -1029,6 +1178,15 @@ static ad_status on_announce(server *sv, int w, const int64_t m[3]) {
                      w);
     pr->done = true;
     return p->sync != AD_SYNC_BSP ? release(sv) : AD_OK;
+  case ANN_CKPT:
+    /* Under sync, the update of the step worker 0 has its reply of is the
+     * last one applied: one update per step. */
+    if (w != 0 || p->sync != AD_SYNC_BSP || pr->waiting || m[1] != sv->updates)
+      return ad_fail(AD_ERR_JOB,
+                     "error: parameter server %d: unexpected checkpoint of step %lld from worker "
+                     "%d (updates applied: %lld)",
+                     sv->s, (long long)m[1], w, (long long)sv->updates);
+    return send_arena(sv, m[1]);
   default:
     return ad_fail(AD_ERR_JOB, "error: parameter server %d: unknown message %lld from worker %d",
                    sv->s, (long long)m[0], w);
@@ -1056,6 +1214,7 @@ static ad_status serve_round(server *sv, bool *moved) {
     AD_TRY(xfer_test(&pr->reply_out, moved));
     AD_TRY(xfer_test(&pr->rows_out, moved));
   }
+  AD_TRY(xfer_test(&sv->ckpt_out, moved));
   int flag = 0;
   MPI_Status st;
   AD_TRY(mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, TAG_ANNOUNCE, MPI_COMM_WORLD, &flag, &st),
@@ -1091,8 +1250,8 @@ static ad_status serve(server *sv) {
   /* Every worker is done: what is in flight completes, then worker 0 gets the
    * final values. */
   for (int w = 0; w < sv->W; w++) {
-    xfer *xs[2] = {&sv->peers[w].reply_out, &sv->peers[w].rows_out};
-    AD_TRY(xfer_wait(xs, 2));
+    xfer *xs[3] = {&sv->peers[w].reply_out, &sv->peers[w].rows_out, &sv->ckpt_out};
+    AD_TRY(xfer_wait(xs, 3));
   }
   ad_ps_msg m = {0};
   xfer x = {0};
@@ -1105,11 +1264,13 @@ static ad_status serve(server *sv) {
   return st;
 }
 
-ad_status ad_ps_server_run(const ad_plan *plan, ad_comm *comm, int s) {
+ad_status ad_ps_server_run(const ad_plan *plan, ad_comm *comm, int s, bool restore) {
   AD_ASSERT(plan->training && s >= 0 && s < plan->n_servers);
   prctl(PR_SET_TIMERSLACK, 1000UL);
   server sv = {.plan = plan, .comm = comm, .s = s, .W = plan->replicas};
   ad_status st = server_setup(&sv);
+  if (st == AD_OK && restore)
+    st = restore_arena(&sv);
   if (st == AD_OK)
     st = serve(&sv);
   server_free(&sv);

@@ -33,6 +33,18 @@ ad_ps_worker *ad_ps_worker_create(const ad_plan *plan, ad_comm *comm);
  * Blocking; AD_ERR_JOB on a failure (also one recorded during the steps). */
 ad_status ad_ps_worker_finish(ad_ps_worker *ps, char *mem);
 
+/* On worker 0 after step `step` (every reply of it pulled), for a checkpoint
+ * (runtime/checkpoint.h; sync plans only): asks every server for its whole
+ * arena as it is after that step's update. *arenas gets one malloc'd buffer
+ * per server (its device's mem_bytes), owned by the caller (free each, then
+ * the array). Blocking; AD_ERR_JOB on a failure. */
+ad_status ad_ps_worker_checkpoint(ad_ps_worker *ps, int64_t step, char ***arenas);
+
+/* On worker 0 of a resumed job, before the first step: sends server s the
+ * arena arenas[s] of a checkpoint taken after step `step` (the servers were
+ * started with restore and wait for it). Blocking. */
+ad_status ad_ps_worker_restore(ad_ps_worker *ps, int64_t step, const char *const *arenas);
+
 /* Detaches from the handle and frees. NULL is a no-op. */
 void ad_ps_worker_destroy(ad_ps_worker *ps);
 
@@ -42,9 +54,12 @@ void ad_ps_worker_destroy(ad_ps_worker *ps);
  * plan until every worker is done and the final values went to worker 0:
  * JIT-compiles the device's module, lays out its arena (mem_bytes, zeroed;
  * each shard's initial value from weights.bin), then serves row requests and
- * pushes as the plan's sync mode says. Blocking; AD_ERR_JOB on a malformed
- * message, AD_ERR_INPUT on a bad module or weights file. */
-ad_status ad_ps_server_run(const ad_plan *plan, ad_comm *comm, int server);
+ * pushes as the plan's sync mode says. With `restore` (run --resume) it first
+ * waits for worker 0's ad_ps_worker_restore and continues from there. A
+ * checkpoint request of worker 0 is answered with the arena. Blocking;
+ * AD_ERR_JOB on a malformed message, AD_ERR_INPUT on a bad module or weights
+ * file. */
+ad_status ad_ps_server_run(const ad_plan *plan, ad_comm *comm, int server, bool restore);
 
 /* ---- message building (exported for tests) ---- */
 

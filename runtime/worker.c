@@ -7,7 +7,9 @@
  * collectives below (loss and byte sums, output gathers) run over the workers
  * only (ad_comm_set_workers). With servers, each worker tells them it is done
  * after its last step, and worker 0 takes the servers' final weights into its
- * arena before --save.
+ * arena before --save. Checkpoints (--checkpoint, --resume) are
+ * runtime/checkpoint.c's: worker 0 writes one after the steps it names, and
+ * a resumed run starts its loop after the checkpoint's step.
  *
  * A worker loads the plan, pins itself to its CPU core, JIT-compiles its
  * device module for this CPU, lays out its arena (parameters from
@@ -21,11 +23,23 @@
  * start, rank<R>.done at a clean end, rank<R>.err (the message) on failure.
  * A failing worker exits without MPI_Finalize, so mpirun stops the others; the
  * launcher reports the message, which is why the worker does not print it too.
+ *
+ * On another node of a multi-node job there is no $AD_RUN_DIR the launcher
+ * could read; with $AD_MARKERS set the same three reports travel as marker
+ * lines on stderr ("@autodist:pid PID HOST", "@autodist:done",
+ * "@autodist:err MESSAGE"), which mpirun forwards to the launcher. Two hidden
+ * forms serve the launcher of a multi-node job: `__worker --job ID ...` only
+ * puts the job's id on the command line (so that `run` can find what is left
+ * of the job on a node with pkill -f), and `__worker --verify-staged PLAN
+ * [FILE]...` checks, without MPI, a plan staged on a node and data files
+ * named by their SHA-256 ("HASH.npy"): exit 0 when all are valid, else 1 with
+ * one "bad PATH" line per invalid one on stdout.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* sched_setaffinity */
 #endif
 #include "../cli/commands.h"
+#include "checkpoint.h"
 #include "comm.h"
 #include "data.h"
 #include "jit.h"
@@ -82,9 +96,31 @@ static char *plan_path(const ad_plan *plan, const char *name) {
   return p;
 }
 
-/* $AD_RUN_DIR/rank<R>.<ext> with `text`; no-op when run by hand. */
+/* Whether status reports go to stderr as marker lines (a node without the
+ * launcher's run folder). */
+static bool status_markers(void) {
+  const char *dir = getenv("AD_RUN_DIR"), *m = getenv("AD_MARKERS");
+  return (!dir || !*dir) && m && !strcmp(m, "1");
+}
+
+/* $AD_RUN_DIR/rank<R>.<ext> with `text`, or the marker line
+ * "@autodist:<ext> <text>" (newlines made spaces: one line); no-op when run
+ * by hand. */
 static void write_status_file(int rank, const char *ext, const char *text) {
   const char *dir = getenv("AD_RUN_DIR");
+  if (status_markers()) {
+    char *line = ad_xstrdup(text);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+      line[--n] = 0;
+    for (char *c = line; *c; c++)
+      if (*c == '\n' || *c == '\r')
+        *c = ' ';
+    fprintf(stderr, "@autodist:%s%s%s\n", ext, *line ? " " : "", line);
+    fflush(stderr);
+    free(line);
+    return;
+  }
   if (!dir || !*dir)
     return;
   char path[4096];
@@ -220,7 +256,8 @@ static ad_status setup(worker *w, int argc, char **argv) {
   AD_TRY(bind_data(w));
   w->outs = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *w->outs);
   if (w->rank == 0 && w->opts.metrics) {
-    w->metrics = fopen(w->opts.metrics, "w");
+    /* --resume appends (ad_ckpt_resume cuts the steps it computes again). */
+    w->metrics = fopen(w->opts.metrics, w->opts.resume ? "a+" : "w");
     if (!w->metrics)
       return ad_fail(AD_ERR_INPUT, "%s: error: cannot write: %s", w->opts.metrics, strerror(errno));
   }
@@ -345,13 +382,15 @@ static ad_status train(worker *w) {
     if (p->tensors[i].role == AD_ROLE_LOSS)
       loss_t = &p->tensors[i];
 
-  int64_t steps = ad_run_steps(p, &w->opts, w->n_samples);
+  int64_t steps = ad_run_steps(p, &w->opts, w->n_samples), first = 0;
+  if (w->opts.resume) /* continue after the checkpoint's step */
+    AD_TRY(ad_ckpt_resume(p, &w->opts, w->n_samples, w->rank, w->ps, w->mem, w->metrics, &first));
   ad_data_order order;
   ad_data_order_init(&order, w->n_samples, w->opts.shuffle, w->opts.seed);
   int64_t *rows = ad_xmalloc((size_t)w->local_batch * sizeof *rows);
   ad_status st = AD_OK;
   double t0 = now_sec(), loss = 0, elapsed = 0;
-  for (int64_t k = 0; k < steps && st == AD_OK; k++) {
+  for (int64_t k = first; k < steps && st == AD_OK; k++) {
     double ts = now_sec();
     feed_batch(w, &order, k, rows);
     step(w->mem, w->comm, k + 1);
@@ -369,6 +408,8 @@ static ad_status train(worker *w) {
       metrics_line(w, k + 1, loss, rate, elapsed, sums[1]);
       progress(w, k, steps, loss, rate, k + 1 == steps);
     }
+    if (st == AD_OK && w->rank == 0 && ad_ckpt_due(&w->opts, k + 1, steps))
+      st = ad_ckpt_save(p, &w->opts, w->n_samples, w->ps, w->mem, k + 1);
   }
   free(rows);
   ad_data_order_free(&order);
@@ -383,9 +424,11 @@ static ad_status train(worker *w) {
     fprintf(stderr,
             "autodist: trained %lld steps (%.2f epochs of %lld samples) on %d worker%s%s in "
             "%.3f s: %.0f samples/s, final loss %.6g\n",
-            (long long)steps, (double)steps * (double)p->global_batch / (double)w->n_samples,
+            (long long)(steps - first),
+            (double)(steps - first) * (double)p->global_batch / (double)w->n_samples,
             (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", servers, elapsed,
-            (double)steps * (double)p->global_batch / (elapsed > 0 ? elapsed : 1e-9), loss);
+            (double)(steps - first) * (double)p->global_batch / (elapsed > 0 ? elapsed : 1e-9),
+            loss);
   }
 
   AD_TRY(save_model(w));
@@ -461,7 +504,47 @@ static void worker_free(worker *w) {
   ad_comm_destroy(w->comm);
 }
 
+/* `__worker --verify-staged PLAN [HASH.npy]...` (argv[0] is the flag): what
+ * `run` asks a node before it copies anything there. */
+static ad_status verify_staged(int argc, char **argv) {
+  if (argc < 2)
+    return ad_fail(AD_ERR_INPUT, "usage: autodist __worker --verify-staged PLAN [HASH.npy]...");
+  int bad = 0;
+  ad_plan *plan = NULL;
+  if (ad_plan_load(argv[1], &plan) == AD_OK)
+    ad_plan_free(plan);
+  else {
+    printf("bad %s\n", argv[1]);
+    bad++;
+  }
+  for (int i = 2; i < argc; i++) {
+    const char *base = strrchr(argv[i], '/');
+    base = base ? base + 1 : argv[i];
+    char *data = NULL, hash[65] = "";
+    size_t len = 0;
+    if (ad_file_read(argv[i], &data, &len) == AD_OK) {
+      ad_sha256_hex(data, len, hash);
+      free(data);
+    }
+    if (!*hash || strlen(base) != 68 || strncmp(base, hash, 64) || strcmp(base + 64, ".npy")) {
+      printf("bad %s\n", argv[i]);
+      bad++;
+    }
+  }
+  fflush(stdout);
+  return bad ? ad_fail(AD_ERR_JOB, "error: %d staged file%s not valid", bad,
+                       bad == 1 ? " is" : "s are")
+             : AD_OK;
+}
+
 ad_status ad_cmd_worker(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "--verify-staged"))
+    return verify_staged(argc - 1, argv + 1);
+  if (argc >= 3 && !strcmp(argv[1], "--job")) {
+    /* The id is for pkill -f only; the run options follow it. */
+    argc -= 2;
+    argv += 2;
+  }
   worker w = {0};
   ad_status st = ad_comm_create_mpi(&w.comm);
   if (st != AD_OK)
@@ -475,7 +558,7 @@ ad_status ad_cmd_worker(int argc, char **argv) {
 
   st = setup(&w, argc, argv);
   if (st == AD_OK && w.device->role == AD_DEVICE_SERVER)
-    st = ad_ps_server_run(w.plan, w.comm, w.rank - w.plan->replicas);
+    st = ad_ps_server_run(w.plan, w.comm, w.rank - w.plan->replicas, w.opts.resume);
   else if (st == AD_OK)
     st = w.plan->training ? train(&w) : infer(&w);
   if (st == AD_OK)
@@ -487,7 +570,7 @@ ad_status ad_cmd_worker(int argc, char **argv) {
     write_status_file(w.rank, "err", ad_error_message());
     /* The launcher prints the message; main() printing it too would show it
      * twice (once per failing rank). */
-    if (dir && *dir) {
+    if ((dir && *dir) || status_markers()) {
       fflush(stderr);
       int fd = open("/dev/null", O_WRONLY);
       if (fd >= 0) {

@@ -131,7 +131,7 @@ expect 2 "autodist: error: --out z=z.npy: the plan has no output 'z' (outputs: l
   run "$P" "${D[@]}" --out z=z.npy
 expect 2 "autodist: error: --save $T/no/such/out.onnx: folder '$T/no/such' does not exist" -- \
   run "$P" "${D[@]}" --save "$T/no/such/out.onnx"
-expect 2 "device rank 0 is on node '10.9.8.7': multi-node runs are not supported yet" -- \
+expect 2 "device rank 0 is on node '10.9.8.7', the plan's chief, which is not this machine: start \`autodist run\` on '10.9.8.7'" -- \
   run "$T/remote" "${D[@]}"
 
 # A worker killed mid-run stops the job: exit 1 within 10 s, naming the rank.
