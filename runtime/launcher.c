@@ -50,7 +50,8 @@
 static const char run_usage[] =
     "usage: autodist run PLAN_DIR [--data NAME=FILE.npy]... [--steps N | --epochs N]\n"
     "                    [--metrics FILE.jsonl] [--save OUT.onnx] [--out NAME=FILE.npy]...\n"
-    "                    [--shuffle SEED]\n"
+    "                    [--shuffle SEED] [--checkpoint DIR [--checkpoint-every N] [--resume]]\n"
+    "                    [--accept-new-hosts]\n"
     "\n"
     "Runs a plan made by `autodist compile` on the devices it names (one process per\n"
     "device, through mpirun). Training plans run --steps N steps or --epochs N epochs\n"
@@ -63,7 +64,11 @@ static const char run_usage[] =
     "  --metrics FILE.jsonl    one JSON line per step: step, loss, samples_per_sec,\n"
     "                          elapsed_sec, bytes_sent\n"
     "  --save OUT.onnx         the model with the trained weights\n"
-    "  --out NAME=FILE.npy     output NAME (inference: every sample; training: the last batch)\n"
+    "  --out NAME=FILE.npy     output NAME (inference: every sample; training: the last batch)\n"    "  --checkpoint DIR        checkpoints on the chief: after the last step, and with\n"
+    "                          --checkpoint-every N after every N-th step\n"
+    "  --resume                continue from the newest checkpoint in DIR (bit for bit)\n"
+    "  --accept-new-hosts      several nodes: record host keys not yet in known_hosts\n"
+    "                          (a changed key is always refused)\n"
     "\n"
     "Exit codes: 0 success, 1 the job failed while running, 2 bad input or usage.\n";
 
