@@ -225,14 +225,13 @@ static void predict(const model_facts *f, const ad_train_config *cfg, const ad_s
     c->comm = server;
     c->bytes_step = 2.0 * w * f->param_bytes;
   } else {
-    double dense = 0, rows = 0, row_traffic = 0;
+    double dense = 0, row_traffic = 0;
     for (int i = 0; i < f->n_params; i++) {
       if (!f->sparse[i]) {
         dense += f->bytes[i];
         continue;
       }
       held += f->bytes[i];
-      rows += f->touched[i];
       /* pull: ids + rows; push: ids + rows */
       row_traffic += 2.0 * f->touched[i] * (f->row_bytes[i] + 8);
     }
@@ -243,7 +242,6 @@ static void predict(const model_facts *f, const ad_train_config *cfg, const ad_s
                     4.0 * w * f->latency * servers;
     c->comm = allreduce_time(f, dense, bucket) + server;
     c->bytes_step = (w > 1 ? dense * w : 0) + w * row_traffic;
-    (void)rows;
   }
   c->mem_worker =
       f->param_bytes + f->frozen_bytes + f->act_bytes + (f->param_bytes - held) * (1 + states);
