@@ -17,7 +17,8 @@
 #   node's MPI daemon stop the job: exit 1 within 10 s naming what failed, and
 #   no process of the job is left (pgrep -f on the job's id and the test's
 #   folder), no run folder, no half-staged plan.
-# - A node that cannot be reached (exit 1) and a failing python_venv (exit 2)
+# - A node that cannot be reached (exit 1), a failing python_venv, a key the
+#   node refuses and a changed host key (exit 2, even with --accept-new-hosts)
 #   are errors naming the node before anything starts.
 #
 # Both "nodes" are this machine, so they would share OpenMPI's shared-memory
@@ -286,6 +287,18 @@ spec venv.yml "$T/known_hosts" "[0, 1]" "$T/node2/cache" "false"
 compile venv.yml "$T/venv"
 expect "failing python_venv" 2 "error: node '127.0.0.2': its python_venv 'false' failed" -- \
   run "$T/venv" "${D[@]}" --steps 2
+
+# A key the node does not accept, then a node whose host key changed: both
+# refused by `run` itself (exit 2) before anything starts.
+ssh-keygen -q -t ed25519 -N '' -f "$T/wrong_key"
+sed -e "s|key_file: \"$T/ssh/id_ed25519\"|key_file: \"$T/wrong_key\"|" two.yml >wrongkey.yml
+grep -qF "$T/wrong_key" wrongkey.yml || fail "wrongkey.yml does not name the wrong key"
+compile wrongkey.yml "$T/wrongkey"
+expect "a key the node refuses" 2 "error: node '127.0.0.2': authentication as" -- \
+  run "$T/wrongkey" "${D[@]}" --steps 2
+new_host_key 127.0.0.2 "$P2"
+expect "changed host key is refused" 2 "error: node '127.0.0.2': host key has CHANGED" -- \
+  run "$T/new" "${D[@]}" --steps 2 --accept-new-hosts
 
 if [ "$failures" != 0 ]; then
   echo "test_multinode: $failures failure(s)" >&2
