@@ -13,6 +13,9 @@
 #   the staging folder (XDG_CACHE_HOME) and OpenMPI's session folder there
 #   (OMPI_MCA_orte_tmpdir_base, read by the MPI daemon and the workers) are
 #   created under the literal names.
+# - After SIGKILL of a worker on the other node during a run with
+#   --checkpoint-every 5, --resume finishes with the weights of an
+#   uninterrupted run, byte for byte.
 # - SIGKILL of a worker on the other node, SIGTERM to `run` and the loss of the
 #   node's MPI daemon stop the job: exit 1 within 10 s naming what failed, and
 #   no process of the job is left (pgrep -f on the job's id and the test's
@@ -200,7 +203,7 @@ fi
 run_pid=
 job=
 start_long_run() {
-  "$AUTODIST" run "$T/two" "${D[@]}" --steps 100000000 >"$T/out.txt" 2>"$T/err.txt" &
+  "$AUTODIST" run "$T/two" "${D[@]}" --steps 100000000 "$@" >"$T/out.txt" 2>"$T/err.txt" &
   run_pid=$!
   local i
   for i in $(seq 150); do
@@ -250,6 +253,34 @@ else
   fail "SIGKILL of a worker on 127.0.0.2: exit $run_rc; got: $(cat "$T/err.txt")"
 fi
 check_clean "SIGKILL of a worker on 127.0.0.2" "$job"
+
+# ---- resume on two nodes after a worker there was killed ----
+start_long_run --checkpoint "$T/ck" --checkpoint-every 5
+for _ in $(seq 150); do
+  ls "$T/ck" 2>/dev/null | grep -qE '^ckpt-[1-9][0-9]+$' && break # a checkpoint at step >= 10
+  sleep 0.1
+done
+pid=$(remote_rank_pid 3)
+kill -KILL "${pid:-0}" 2>/dev/null || true
+wait_run
+[ "$run_rc" = 1 ] || fail "checkpointed run: exit $run_rc after SIGKILL of rank 3, expected 1"
+check_clean "checkpointed run killed on 127.0.0.2" "$job"
+c=$(ls "$T/ck" 2>/dev/null | sed -n 's/^ckpt-\([0-9]*\)$/\1/p' | sort -n | tail -1)
+if [ -z "$c" ] || [ "$c" -lt 10 ]; then
+  fail "no checkpoint at step >= 10 before the kill: $(ls "$T/ck" 2>&1)"
+else
+  S=$((c + 7))
+  # (it must say so: a run from scratch would end with the same weights)
+  expect "resume on two nodes from ckpt-$c" 0 "ckpt-$c (step $c)" -- \
+    run "$T/two" "${D[@]}" --steps "$S" --checkpoint "$T/ck" --resume --save "$T/resumed.onnx"
+  expect "uninterrupted run of $S steps on two nodes" 0 "" -- \
+    run "$T/two" "${D[@]}" --steps "$S" --save "$T/straight.onnx"
+  if cmp -s "$T/resumed.onnx" "$T/straight.onnx"; then
+    pass "resumed weights equal the uninterrupted run's, byte for byte"
+  else
+    fail "resumed weights differ from the uninterrupted run's"
+  fi
+fi
 
 start_long_run
 kill -TERM "$run_pid"
