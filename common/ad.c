@@ -5,6 +5,7 @@
 #include "ad.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,4 +216,22 @@ int ad_edit_distance(const char *a, const char *b) {
       d[i][j] = c;
     }
   return d[la][lb];
+}
+
+static const char *home_dir(void) {
+  const char *h = getenv("HOME");
+  if (h && *h)
+    return h;
+  struct passwd *pw = getpwuid(getuid());
+  return pw && pw->pw_dir ? pw->pw_dir : "";
+}
+
+char *ad_expand_home(const char *p) {
+  if (p[0] != '~' || (p[1] && p[1] != '/'))
+    return ad_xstrdup(p);
+  const char *h = home_dir();
+  size_t n = strlen(h) + strlen(p);
+  char *s = ad_xmalloc(n);
+  snprintf(s, n, "%s%s", h, p + 1);
+  return s;
 }

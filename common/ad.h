@@ -50,6 +50,10 @@ void *ad_xmalloc(size_t n);
 void *ad_xcalloc(size_t n, size_t sz);
 void *ad_xrealloc(void *p, size_t n);
 char *ad_xstrdup(const char *s);
+/* "~" and "~/x" become $HOME and $HOME/x, as a shell would (AutoDist's paths
+ * went through os.path.expanduser); "~user" and other paths are copied
+ * unchanged. Returns a malloc'd string. */
+char *ad_expand_home(const char *p);
 
 /* Arena: bump allocator, zeroed memory, freed all at once. */
 typedef struct ad_arena ad_arena;

@@ -11,7 +11,6 @@
 
 #include "yaml_util.h"
 
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,26 +21,6 @@ static const char *const node_keys[] = {"address",           "cpus", "gpus", "ch
                                         "network_bandwidth", NULL};
 static const char *const ssh_keys[] = {"username",    "port",        "key_file", "python_venv",
                                        "shared_envs", "known_hosts", NULL};
-
-static const char *home_dir(void) {
-  const char *h = getenv("HOME");
-  if (h && *h)
-    return h;
-  struct passwd *pw = getpwuid(getuid());
-  return pw && pw->pw_dir ? pw->pw_dir : "";
-}
-
-/* "~" and "~/x" become $HOME and $HOME/x, as a shell would (AutoDist's paths
- * went through os.path.expanduser). "~user" is left alone. */
-static char *expand_home(const char *p) {
-  if (p[0] != '~' || (p[1] && p[1] != '/'))
-    return ad_xstrdup(p);
-  const char *h = home_dir();
-  size_t n = strlen(h) + strlen(p);
-  char *s = ad_xmalloc(n);
-  snprintf(s, n, "%s%s", h, p + 1);
-  return s;
-}
 
 /* cpus / gpus: a non-empty list of distinct non-negative ids. */
 static ad_status parse_ids(const ad_yaml_doc *d, const ad_yaml_node *v, const char *key,
@@ -138,11 +117,11 @@ static ad_status parse_ssh_group(const ad_yaml_doc *d, const ad_yaml_node *k, co
   }
   if ((v = ad_yaml_get(m, "key_file"))) {
     AD_TRY(ad_yaml_string(d, v, "key_file", &s));
-    g->key_file = expand_home(s);
+    g->key_file = ad_expand_home(s);
   }
   if ((v = ad_yaml_get(m, "known_hosts"))) {
     AD_TRY(ad_yaml_string(d, v, "known_hosts", &s));
-    g->known_hosts = expand_home(s);
+    g->known_hosts = ad_expand_home(s);
   }
   if ((v = ad_yaml_get(m, "python_venv"))) {
     AD_TRY(ad_yaml_string(d, v, "python_venv", &s));

@@ -33,7 +33,6 @@
 #include <libssh/sftp.h>
 #include <poll.h>
 #include <pthread.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,26 +58,6 @@ struct ad_ssh {
 };
 
 /* ---- helpers ---- */
-
-static const char *home_dir(void) {
-  const char *h = getenv("HOME");
-  if (h && *h)
-    return h;
-  struct passwd *pw = getpwuid(getuid());
-  return pw && pw->pw_dir ? pw->pw_dir : "";
-}
-
-/* "~" and "~/x" become $HOME and $HOME/x (as a shell would); "~user" is left
- * alone. Returns a malloc'd string. */
-static char *expand_home(const char *p) {
-  if (p[0] != '~' || (p[1] && p[1] != '/'))
-    return ad_xstrdup(p);
-  const char *h = home_dir();
-  size_t n = strlen(h) + strlen(p);
-  char *s = ad_xmalloc(n);
-  snprintf(s, n, "%s%s", h, p + 1);
-  return s;
-}
 
 /* mkdir -p of the folder holding `path` (mode 0700, like ~/.ssh). */
 static void make_parent_dirs(const char *path) {
@@ -241,8 +220,8 @@ ad_status ad_ssh_connect(const ad_ssh_target *t, bool accept_new, ad_ssh **out) 
   const char *node = t->node;
   int port = t->port ? t->port : 22;
   const char *kh_shown = t->known_hosts ? t->known_hosts : "~/.ssh/known_hosts";
-  char *kh_path = expand_home(kh_shown);
-  char *key_path = t->key_file ? expand_home(t->key_file) : NULL;
+  char *kh_path = ad_expand_home(kh_shown);
+  char *key_path = t->key_file ? ad_expand_home(t->key_file) : NULL;
   ssh_key key = NULL;
   ssh_session s = NULL;
   ad_status st = key_path ? load_key(node, key_path, &key) : AD_OK;

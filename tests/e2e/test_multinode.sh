@@ -217,15 +217,8 @@ start_long_run() {
 }
 # Sets run_rc; fails when `run` takes more than 10 s to exit.
 wait_run() {
-  local t
-  for t in $(seq 100); do
-    kill -0 "$run_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ "$t" != 100 ] || fail "run did not exit within 10 s"
-  run_rc=0
-  wait "$run_pid" || run_rc=$?
-  run_pid=
+  await_run
+  [ "$run_s" != 100 ] || fail "run did not exit within 10 s"
 }
 # The worker on 127.0.0.2 with MPI rank $1.
 remote_rank_pid() {

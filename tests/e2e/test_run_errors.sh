@@ -149,15 +149,8 @@ start_long_run() {
 # Sets run_rc to the exit code of the run started above; fails when it takes
 # more than 10 s.
 wait_run() {
-  local t
-  for t in $(seq 100); do
-    kill -0 "$run_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ "$t" != 100 ] || fail "run did not exit within 10 s"
-  run_rc=0
-  wait "$run_pid" || run_rc=$?
-  run_pid=
+  await_run
+  [ "$run_s" != 100 ] || fail "run did not exit within 10 s"
 }
 
 start_long_run

@@ -238,22 +238,6 @@ start_long_run() {
   bad "the ranks $* of $plan did not start: $(cat "$T/err.txt")"
   return 1
 }
-# Sets run_rc to the exit code of the run started above and run_s to the
-# tenths of seconds it took to end (100: did not end within 10 s).
-wait_run() {
-  local t
-  for t in $(seq 100); do
-    kill -0 "$run_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  run_s=$t
-  if [ "$t" = 100 ]; then
-    kill -TERM "$run_pid" 2>/dev/null || true
-  fi
-  run_rc=0
-  wait "$run_pid" || run_rc=$?
-  run_pid=
-}
 
 rc=0
 "$A" compile model.onnx -r two.yml -t train.yml -s ps -o "$T/psplan" >c.txt 2>&1 || rc=$?
@@ -275,7 +259,7 @@ else
     sleep 0.5
     pid=$(cut -d' ' -f1 "$T"/tmp/*/rank2.pid)
     kill -KILL "$pid"
-    wait_run
+    await_run
     msg=$(grep -i "error" "$T/err.txt" | head -2 | tr '\n' ' ')
     # The message names the server, its rank and pid, and the signal.
     if [ "$run_rc" = 1 ] && [ "$run_s" != 100 ] && grep "error:" "$T/err.txt" |
@@ -294,7 +278,7 @@ else
     sleep 0.5
     pid=$(cut -d' ' -f1 "$T"/tmp/*/rank1.pid)
     kill -KILL "$pid"
-    wait_run
+    await_run
     if [ "$run_rc" = 1 ] && [ "$run_s" != 100 ] &&
       grep -qF "worker rank 1 (localhost, pid $pid) died (killed by signal 9)" "$T/err.txt"; then
       ok "SIGKILL of worker 1 in a ps job: exit 1 after ${run_s}00 ms"
