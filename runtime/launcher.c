@@ -1143,12 +1143,12 @@ static const char *who(const job *j, int rank, char *out, size_t cap) {
   return out;
 }
 
-/* Waits for mpirun's own word on a death (up to 1.5 s), so the message can
- * name the signal. */
+/* Waits for mpirun's own word on a death (up to 3 s: under load 1.5 s was
+ * seen to end before the notice came), so the message can name the signal. */
 static void await_notice(job *j, int rank) {
   char key[64];
   snprintf(key, sizeof key, "process rank %d with PID", rank);
-  double until = now_sec() + 1.5;
+  double until = now_sec() + 3.0;
   while (now_sec() < until && !strstr(j->notices, key) && !strstr(j->notices, "Exit code:")) {
     pump_stderr(j);
     reap_mpirun(j, WNOHANG);
