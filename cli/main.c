@@ -10,7 +10,8 @@
 static const char usage[] =
     "usage: autodist COMMAND [ARGS]\n"
     "\n"
-    "  compile MODEL.onnx [-r SPEC.yml] [-t TRAIN.yml] [-s STRATEGY] [-o PLAN_DIR] [--infer] [--explain]\n"
+    "  compile MODEL.onnx [-r SPEC.yml] [-t TRAIN.yml] [-s STRATEGY] [-o PLAN_DIR] [--explain]\n"
+    "          [--infer [--batch N]]\n"
     "  run PLAN_DIR [--data NAME=FILE.npy]... [--steps N | --epochs N] [--metrics FILE.jsonl]\n"
     "               [--save OUT.onnx] [--out NAME=FILE.npy]... [--shuffle SEED]\n"
     "  infer MODEL.onnx --data NAME=FILE.npy... --out NAME=FILE.npy...\n"

@@ -27,13 +27,16 @@
 
 static const char compile_usage[] =
     "usage: autodist compile MODEL.onnx [-r SPEC.yml] [-t TRAIN.yml] [-s STRATEGY] [-o PLAN_DIR]\n"
-    "                        [--infer] [--explain] [--bucket-mb MB] [--compress none|fp16]\n"
-    "                        [--servers N] [--shards N] [--sync | --staleness K | --async]\n"
+    "                        [--infer [--batch N]] [--explain] [--bucket-mb MB]\n"
+    "                        [--compress none|fp16] [--servers N] [--shards N]\n"
+    "                        [--sync | --staleness K | --async]\n"
     "  -s  strategy: auto (default) | allreduce | ps | ps-lb | partitioned-ps | parallax\n"
     "  -r  resource spec (default: ./resource_spec.yml if present, else one local CPU worker)\n"
     "  -t  training config (default: ./train.yml if present, else defaults)\n"
     "  -o  plan folder (default: plan)\n"
-    "  --infer      compile a data-parallel inference plan (no loss, no training)\n"
+    "  --infer      compile a data-parallel inference plan (forward pass only)\n"
+    "  --batch N    --infer: samples per step over all workers (default: 256, rounded up\n"
+    "               to a multiple of the worker count)\n"
     "  --explain    print every candidate strategy's predicted costs and the choice\n"
     "  --bucket-mb  all-reduce bucket size in MiB (default 25)\n"
     "  --compress   all-reduce gradients as float16 (fp16) or float32 (none, default)\n"
@@ -46,6 +49,7 @@ static const char compile_usage[] =
 typedef struct compile_args {
   const char *model, *spec, *train, *strategy, *out;
   int infer, explain, compress_fp16;
+  int batch; /* --batch (inference); 0: not given */
   double bucket_mb;
   int bucket_given;      /* --bucket-mb or --compress fp16 was given */
   int servers, shards;   /* 0: the strategy's default */
@@ -88,6 +92,10 @@ static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
       dst = &a->out;
     } else if (!strcmp(s, "--infer")) {
       a->infer = 1;
+      continue;
+    } else if (!strcmp(s, "--batch")) {
+      AD_TRY(int_option(argc, argv, i, 1, &a->batch));
+      i++;
       continue;
     } else if (!strcmp(s, "--explain")) {
       a->explain = 1;
@@ -168,9 +176,34 @@ static ad_status parse_compile_args(int argc, char **argv, compile_args *a) {
                    "error: --shards applies to partitioned-ps and parallax; strategy %s does not "
                    "partition variables",
                    a->strategy);
-  if (a->infer && (k > 0 || a->sync_flag || a->servers || a->shards))
-    return ad_fail(AD_ERR_INPUT,
-                   "error: --infer compiles an inference plan, which has no strategy options");
+  /* An inference plan replicates the model and runs its forward pass: the
+   * options of training and of the other strategies mean nothing there. */
+  if (a->infer) {
+    const char *opt = a->train                 ? "-t"
+                      : k > AD_STRAT_ALLREDUCE ? "-s"
+                      : a->bucket_given        ? "--bucket-mb or --compress"
+                      : a->servers             ? "--servers"
+                      : a->shards              ? "--shards"
+                      : a->sync_flag           ? a->sync_flag
+                                               : NULL;
+    if (opt && !strcmp(opt, "-t"))
+      return ad_fail(AD_ERR_INPUT,
+                     "error: -t applies to training; an inference plan (--infer) reads no "
+                     "train.yml (give the samples per step with --batch N)");
+    if (opt && !strcmp(opt, "-s"))
+      return ad_fail(AD_ERR_INPUT,
+                     "error: -s %s applies to training; an inference plan (--infer) replicates "
+                     "the model on every worker (-s auto or allreduce)",
+                     a->strategy);
+    if (opt)
+      return ad_fail(AD_ERR_INPUT,
+                     "error: %s applies to training; an inference plan (--infer) has no "
+                     "gradients to communicate",
+                     opt);
+  } else if (a->batch) {
+    return ad_fail(AD_ERR_INPUT, "error: --batch applies to --infer; a training plan takes its "
+                                 "global batch from train.yml (batch_size)");
+  }
   return AD_OK;
 }
 
@@ -504,8 +537,10 @@ ad_status ad_cmd_compile(int argc, char **argv) {
   ad_cost costs[AD_STRAT_COUNT];
   char tmpdir[4096] = "";
   ad_status st = load_spec(a.spec, &spec);
+  /* An inference plan reads no train.yml (not even ./train.yml): its batch is
+   * --batch N. */
   if (st == AD_OK)
-    st = load_train(a.train, &cfg);
+    st = a.infer ? (cfg = ad_train_config_default(), AD_OK) : load_train(a.train, &cfg);
   int workers = 0;
   if (st == AD_OK) {
     for (int i = 0; i < spec->n_nodes; i++)
@@ -515,6 +550,14 @@ ad_status ad_cmd_compile(int argc, char **argv) {
                      "version (list cpus instead)",
                      spec->path, spec->nodes[i].line, spec->nodes[i].address);
     workers = ad_spec_worker_count(spec);
+  }
+  if (st == AD_OK && a.infer) {
+    if (a.batch && a.batch % workers)
+      st = ad_fail(AD_ERR_INPUT,
+                   "error: --batch %d cannot be split evenly over %d workers (give a multiple of "
+                   "%d)",
+                   a.batch, workers, workers);
+    cfg->batch_size = a.batch ? a.batch : (256 + workers - 1) / workers * workers;
   }
   if (st == AD_OK && cfg->batch_size % workers)
     st = ad_fail(AD_ERR_INPUT, "%s: error: batch_size %lld cannot be split evenly over %d workers",
@@ -555,7 +598,10 @@ ad_status ad_cmd_compile(int argc, char **argv) {
         st = ad_fail(AD_ERR_INPUT,
                      "%s: error: strategy parallax found no lookup table (a Gather on axis 0 of a "
                      "trained initializer, read by nothing else), so it has no servers for %s",
-                     a.model, a.sync_flag ? a.sync_flag : a.servers ? "--servers" : "--shards");
+                     a.model,
+                     a.sync_flag ? a.sync_flag
+                     : a.servers ? "--servers"
+                                 : "--shards");
     }
   }
   if (st == AD_OK) {
@@ -582,9 +628,12 @@ ad_status ad_cmd_compile(int argc, char **argv) {
   if (st == AD_OK) {
     if (a.explain)
       explain(p, &layout, spec, costs, opts.kind, ad_strategy_find(a.strategy) < 0);
+    char kind[64];
+    snprintf(kind, sizeof kind, "%s", ad_strategy_name(opts.kind));
+    if (a.infer)
+      snprintf(kind, sizeof kind, "inference, %lld samples per step", (long long)cfg->batch_size);
     fprintf(stderr, "autodist: compiled %s for %d worker%s%s (%s) -> %s/\n", a.model, workers,
-            workers > 1 ? "s" : "", server_note(&layout),
-            a.infer ? "inference" : ad_strategy_name(opts.kind), a.out);
+            workers > 1 ? "s" : "", server_note(&layout), kind, a.out);
   }
   ad_ps_layout_free(&layout);
   ad_program_destroy(p);

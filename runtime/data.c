@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- run options ---- */
 
@@ -219,6 +220,7 @@ static ad_status check_names(const ad_plan *plan, const ad_run_opts *o) {
                      t->name, t->role == AD_ROLE_LABEL ? "label" : "input", t->dtype, shape);
     }
   }
+  int64_t b = plan->replicas > 0 ? plan->global_batch / plan->replicas : 0;
   for (int i = 0; i < o->n_out; i++) {
     const ad_plan_tensor *t = ad_plan_tensor_find(plan, o->out[i].name);
     if (!t || t->role != AD_ROLE_OUTPUT) {
@@ -226,13 +228,37 @@ static ad_status check_names(const ad_plan *plan, const ad_run_opts *o) {
       return ad_fail(AD_ERR_INPUT, "error: --out %s=%s: the plan has no output '%s' (outputs: %s)",
                      o->out[i].name, o->out[i].path, o->out[i].name, names);
     }
+    if (plan->training)
+      return ad_fail(AD_ERR_INPUT,
+                     "error: --out %s=%s: %s is a training plan; --out applies to inference "
+                     "plans (compile with --infer; to predict after training, --save OUT.onnx "
+                     "and compile that)",
+                     o->out[i].name, o->out[i].path, o->plan_dir);
+    /* Rows are gathered per sample: an output must have the batch axis. */
+    if (t->rank < 1 || t->dims[0] != b) {
+      char shape[256];
+      shape_str(shape, sizeof shape, t->rank, t->dims, false);
+      return ad_fail(AD_ERR_INPUT,
+                     "error: --out %s=%s: output '%s' has the shape %s per worker, without the "
+                     "batch axis (%lld samples per worker), so it has no row per sample",
+                     o->out[i].name, o->out[i].path, t->name, shape, (long long)b);
+    }
+    if (strcmp(t->dtype, "float32") && strcmp(t->dtype, "int64") && strcmp(t->dtype, "int32") &&
+        strcmp(t->dtype, "uint8") && strcmp(t->dtype, "bool"))
+      return ad_fail(AD_ERR_INPUT,
+                     "error: --out %s=%s: output '%s' has dtype %s; --out writes float32, "
+                     "int64, int32, uint8 and bool",
+                     o->out[i].name, o->out[i].path, t->name, t->dtype);
+    for (int k = 0; k < i; k++)
+      if (!strcmp(o->out[k].path, o->out[i].path))
+        return ad_fail(AD_ERR_INPUT, "error: --out %s=%s and --out %s=%s write the same file",
+                       o->out[k].name, o->out[k].path, o->out[i].name, o->out[i].path);
   }
   if (!plan->training) {
     const char *flag = o->steps     ? "--steps"
                        : o->epochs  ? "--epochs"
                        : o->shuffle ? "--shuffle"
                        : o->save    ? "--save"
-                       : o->metrics ? "--metrics"
                                     : NULL;
     if (flag)
       return ad_fail(AD_ERR_INPUT,
@@ -394,4 +420,21 @@ void ad_data_copy_rows(const ad_npy *a, const int64_t *rows, int64_t n, void *ds
     AD_ASSERT(rows[i] >= 0 && rows[i] < a->dims[0]);
     memcpy((char *)dst + i * rb, (const char *)a->data + rows[i] * rb, (size_t)rb);
   }
+}
+
+/* Where rank 0 writes --out file `path` until the run is complete: beside it
+ * (so the final rename stays on one file system), named after the job's run
+ * folder, which the launcher knows too: it removes the file if the job fails
+ * (runtime/launcher.c). */
+char *ad_out_tmp_path(const char *path, const char *run_dir) {
+  char token[64];
+  const char *base = run_dir && *run_dir ? strrchr(run_dir, '/') : NULL;
+  if (base)
+    snprintf(token, sizeof token, "%s", base + 1);
+  else
+    snprintf(token, sizeof token, "pid%d", (int)getpid());
+  size_t n = strlen(path) + strlen(token) + 8;
+  char *tmp = ad_xmalloc(n);
+  snprintf(tmp, n, "%s.%s.tmp", path, token);
+  return tmp;
 }

@@ -50,7 +50,8 @@ ad_status ad_run_opts_parse(int argc, char **argv, ad_run_opts *opts);
 void ad_run_opts_free(ad_run_opts *opts);
 
 /* Checks the options against the plan (every name bound is an input or label
- * of the plan and every input has data; --out names are outputs; training-only
+ * of the plan and every input has data; --out only on an inference plan, each
+ * naming an output with the batch axis, no two the same file; training-only
  * options on an inference plan) and loads the data files, checking dtype and
  * per-sample shape against the tensors, equal sample counts, and (training) at
  * least one global batch. arrays[i] is the file of opts->data[i]; the caller
@@ -93,5 +94,13 @@ void ad_data_order_free(ad_data_order *o);
 int64_t ad_data_row_bytes(const ad_npy *a);
 /* Copies rows `rows[0..n)` of `a` to dst, one after another. */
 void ad_data_copy_rows(const ad_npy *a, const int64_t *rows, int64_t n, void *dst);
+
+/* ---- outputs ---- */
+
+/* The temporary file an inference run writes --out file `path` to before it
+ * renames it into place: "PATH.<run folder's name>.tmp" with the launcher's
+ * $AD_RUN_DIR (so the launcher can remove it after a failed job), else
+ * "PATH.pid<PID>.tmp". The caller frees the string. */
+char *ad_out_tmp_path(const char *path, const char *run_dir);
 
 #endif

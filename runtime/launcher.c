@@ -61,10 +61,11 @@ static const char run_usage[] =
     "  --data NAME=FILE.npy    samples for the input (or label) NAME, axis 0 = sample\n"
     "  --steps N | --epochs N  training length\n"
     "  --shuffle SEED          permute the samples once per epoch (splitmix64)\n"
-    "  --metrics FILE.jsonl    one JSON line per step: step, loss, samples_per_sec,\n"
-    "                          elapsed_sec, bytes_sent\n"
+    "  --metrics FILE.jsonl    one JSON line per step: step, loss (inference: samples),\n"
+    "                          samples_per_sec, elapsed_sec, bytes_sent\n"
     "  --save OUT.onnx         the model with the trained weights\n"
-    "  --out NAME=FILE.npy     output NAME (inference: every sample; training: the last batch)\n"    "  --checkpoint DIR        checkpoints on the chief: after the last step, and with\n"
+    "  --out NAME=FILE.npy     inference plans: output NAME of every sample, in order\n"
+    "  --checkpoint DIR        checkpoints on the chief: after the last step, and with\n"
     "                          --checkpoint-every N after every N-th step\n"
     "  --resume                continue from the newest checkpoint in DIR (bit for bit)\n"
     "  --accept-new-hosts      several nodes: record host keys not yet in known_hosts\n"
@@ -777,8 +778,8 @@ static void tag_line(job *j, tag_stream *ts, int r, const char *s, size_t n) {
   }
   bool bare = s[0] == '\r' || s[0] == '\n' ||
               (r == 0 && ts->to == stderr &&
-               (!strncmp(s, "step ", 5) || !strncmp(s, "autodist: trained ", 18) ||
-                !strncmp(s, "autodist: inferred ", 19)));
+               (!strncmp(s, "step ", 5) || !strncmp(s, "infer: ", 7) ||
+                !strncmp(s, "autodist: trained ", 18) || !strncmp(s, "autodist: inferred ", 19)));
   if (!bare)
     fprintf(ts->to, "[%s rank %d] ", rank_node(j, r), r);
   fwrite(s, 1, n, ts->to);
@@ -1601,7 +1602,18 @@ static void remove_session_dir(const job *j) {
   rmdir(top);
 }
 
-static ad_status run_job(const ad_plan *plan, const cluster *cl, int argc, char **argv) {
+/* After a failed inference job: the --out files rank 0 was writing (on this
+ * machine, the chief) are removed, so that no half-written output remains. */
+static void remove_partial_outputs(const job *j, const ad_run_opts *o) {
+  for (int i = 0; i < o->n_out; i++) {
+    char *tmp = ad_out_tmp_path(o->out[i].path, j->run_dir);
+    unlink(tmp);
+    free(tmp);
+  }
+}
+
+static ad_status run_job(const ad_plan *plan, const cluster *cl, const ad_run_opts *opts, int argc,
+                         char **argv) {
   job j = {.plan = plan, .err_fd = -1, .out_fd = -1, .n = plan->n_devices};
   const char *tmp = getenv("TMPDIR");
   snprintf(j.run_dir, sizeof j.run_dir, "%s/autodist-run.XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -1631,6 +1643,7 @@ static ad_status run_job(const ad_plan *plan, const cluster *cl, int argc, char 
     close(j.err_fd);
   if (j.out_fd >= 0)
     close(j.out_fd);
+  remove_partial_outputs(&j, opts);
   remove_run_dir(&j);
   if (j.cl)
     remove_session_dir(&j);
@@ -1674,9 +1687,9 @@ ad_status ad_cmd_run(int argc, char **argv) {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
   }
-  ad_run_opts_free(&opts);
   if (st == AD_OK)
-    st = run_job(plan, &cl, argc, argv);
+    st = run_job(plan, &cl, &opts, argc, argv);
+  ad_run_opts_free(&opts);
   cluster_free(&cl);
   ad_plan_free(plan);
   return st;

@@ -266,8 +266,8 @@ ad_status ad_npy_load(const char *path, ad_npy *out) {
   return st;
 }
 
-ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64_t *dims,
-                      const void *data) {
+size_t ad_npy_header(char *buf, size_t cap, const char *dtype, int rank, const int64_t *dims,
+                     size_t *elem_size) {
   const char *descr;
   size_t esize;
   if (!strcmp(dtype, "float32")) {
@@ -276,6 +276,12 @@ ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64
   } else if (!strcmp(dtype, "int64")) {
     descr = "<i8";
     esize = 8;
+  } else if (!strcmp(dtype, "int32")) {
+    descr = "<i4";
+    esize = 4;
+  } else if (!strcmp(dtype, "int32")) {
+    descr = "<i4";
+    esize = 4;
   } else if (!strcmp(dtype, "uint8")) {
     descr = "|u1";
     esize = 1;
@@ -283,15 +289,13 @@ ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64
     descr = "|b1";
     esize = 1;
   } else {
-    return ad_fail(AD_ERR_INPUT, "%s: error: cannot save dtype '%s' as .npy", path, dtype);
+    return 0;
   }
   AD_ASSERT(rank >= 0 && rank <= 8);
   char dict[512];
   int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
-  int64_t numel = 1;
   for (int i = 0; i < rank; i++) {
     AD_ASSERT(dims[i] >= 0);
-    numel *= dims[i];
     n += snprintf(dict + n, sizeof dict - (size_t)n, i ? ", %lld" : "%lld", (long long)dims[i]);
   }
   n += snprintf(dict + n, sizeof dict - (size_t)n, rank == 1 ? ",), }" : "), }");
@@ -300,19 +304,35 @@ ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64
   size_t total = 10 + (size_t)n + 1;
   size_t pad = (64 - total % 64) % 64;
   size_t hlen = (size_t)n + pad + 1;
-  size_t bytes = (size_t)numel * esize;
-  unsigned char *buf = ad_xmalloc(10 + hlen + bytes);
+  AD_ASSERT(10 + hlen <= cap);
   memcpy(buf, magic, 6);
   buf[6] = 1;
   buf[7] = 0;
-  buf[8] = (unsigned char)(hlen & 0xff);
-  buf[9] = (unsigned char)(hlen >> 8);
+  buf[8] = (char)(hlen & 0xff);
+  buf[9] = (char)(hlen >> 8);
   memcpy(buf + 10, dict, (size_t)n);
   memset(buf + 10 + n, ' ', pad);
   buf[10 + hlen - 1] = '\n';
+  if (elem_size)
+    *elem_size = esize;
+  return 10 + hlen;
+}
+
+ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64_t *dims,
+                      const void *data) {
+  char head[AD_NPY_HEADER_MAX];
+  size_t esize = 0, hlen = ad_npy_header(head, sizeof head, dtype, rank, dims, &esize);
+  if (!hlen)
+    return ad_fail(AD_ERR_INPUT, "%s: error: cannot save dtype '%s' as .npy", path, dtype);
+  int64_t numel = 1;
+  for (int i = 0; i < rank; i++)
+    numel *= dims[i];
+  size_t bytes = (size_t)numel * esize;
+  char *buf = ad_xmalloc(hlen + bytes);
+  memcpy(buf, head, hlen);
   if (bytes)
-    memcpy(buf + 10 + hlen, data, bytes);
-  ad_status st = ad_file_write(path, buf, 10 + hlen + bytes);
+    memcpy(buf + hlen, data, bytes);
+  ad_status st = ad_file_write(path, buf, hlen + bytes);
   free(buf);
   return st;
 }

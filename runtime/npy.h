@@ -20,9 +20,17 @@ typedef struct ad_npy {
 /* Loads a file; floats become float32 and integers int64. */
 ad_status ad_npy_load(const char *path, ad_npy *out);
 ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_npy *out);
-/* Writes a float32 or int64 array (dtype "float32" / "int64"), atomically. */
+/* Writes an array of dtype "float32", "int64", "int32", "uint8" or "bool",
+ * atomically (a temporary file renamed into place). */
 ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64_t *dims,
                       const void *data);
+/* The .npy header (format 1.0) of such an array into buf (cap >=
+ * AD_NPY_HEADER_MAX), for a writer that streams the data after it; returns its
+ * length, 0 for a dtype not listed above. *elem_size (may be NULL): bytes per
+ * element. */
+#define AD_NPY_HEADER_MAX 640
+size_t ad_npy_header(char *buf, size_t cap, const char *dtype, int rank, const int64_t *dims,
+                     size_t *elem_size);
 void ad_npy_free(ad_npy *a);
 /* Narrows a loaded int64 array to int32 in place (for a model input of type
  * int32, since integer files load as int64); a value outside int32 is an input

@@ -17,7 +17,9 @@
  * slice of the global batch into the INPUT/LABEL tensors (runtime/data.h has
  * the order), call ad_step(mem, comm, k + 1), and sum the loss and the bytes
  * sent over the ranks once per step for --metrics. Inference plans run
- * ad_forward over the data once, in order, and gather the outputs to rank 0.
+ * ad_forward over the data once, in order, and gather each batch's outputs to
+ * rank 0, which streams them into temporary files renamed into place at the
+ * end (the launcher removes them if the job fails).
  *
  * The launcher watches files in $AD_RUN_DIR: rank<R>.pid ("PID HOST") at
  * start, rank<R>.done at a clean end, rank<R>.err (the message) on failure.
@@ -77,7 +79,6 @@ typedef struct worker {
   const ad_plan_tensor **feeds; /* the tensor each array feeds */
   int64_t n_samples;
   int64_t local_batch; /* b = B / replicas */
-  char **outs;         /* per opts.out: gathered rows (rank 0) */
   FILE *metrics;
   bool tty;
   double last_print; /* of the progress line */
@@ -254,7 +255,6 @@ static ad_status setup(worker *w, int argc, char **argv) {
   memset(w->mem, 0, (size_t)bytes);
   AD_TRY(load_weights(w));
   AD_TRY(bind_data(w));
-  w->outs = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *w->outs);
   if (w->rank == 0 && w->opts.metrics) {
     /* --resume appends (ad_ckpt_resume cuts the steps it computes again). */
     w->metrics = fopen(w->opts.metrics, w->opts.resume ? "a+" : "w");
@@ -276,44 +276,6 @@ static void feed_batch(worker *w, ad_data_order *order, int64_t step, int64_t *r
 }
 
 /* ---- outputs ---- */
-
-/* Gathers `local` (n_batches blocks of one replica's output rows) from every
- * rank and writes the first n_valid samples, in sample order, to the --out
- * file. Sample k*B + r*b + i is row i of block k of rank r. An output whose
- * axis 0 is not the local batch (a per-replica scalar, say) is written as
- * rank 0 holds it. */
-static ad_status write_output(worker *w, int i, const char *local, int64_t n_batches,
-                              int64_t n_valid) {
-  const ad_plan_tensor *t = ad_plan_tensor_find(w->plan, w->opts.out[i].name);
-  const char *path = w->opts.out[i].path;
-  int64_t b = w->local_batch, B = w->plan->global_batch;
-  bool batched = t->rank >= 1 && t->dims[0] == b;
-  if (!batched) {
-    if (w->rank == 0)
-      return ad_npy_save(path, t->dtype, t->rank, t->dims, local);
-    return AD_OK;
-  }
-  int64_t row = t->bytes / b, block = t->bytes * n_batches;
-  char *all = w->rank == 0 ? ad_xmalloc((size_t)(block * w->size)) : NULL;
-  ad_status st = ad_comm_gather(w->comm, local, block, all);
-  if (st == AD_OK && w->rank == 0) {
-    char *out = ad_xmalloc((size_t)(row * n_valid));
-    for (int r = 0; r < w->size; r++)
-      for (int64_t k = 0; k < n_batches; k++)
-        for (int64_t j = 0; j < b; j++) {
-          int64_t s = k * B + r * b + j;
-          if (s < n_valid)
-            memcpy(out + s * row, all + r * block + (k * b + j) * row, (size_t)row);
-        }
-    int64_t dims[8];
-    memcpy(dims, t->dims, sizeof dims);
-    dims[0] = n_valid;
-    st = ad_npy_save(path, t->dtype, t->rank, dims, out);
-    free(out);
-  }
-  free(all);
-  return st;
-}
 
 static ad_status save_model(worker *w) {
   if (w->rank != 0 || !w->opts.save)
@@ -431,57 +393,135 @@ static ad_status train(worker *w) {
             loss);
   }
 
-  AD_TRY(save_model(w));
-  /* --out after training: the outputs of the last global batch. */
-  for (int i = 0; i < w->opts.n_out; i++) {
-    const ad_plan_tensor *t = ad_plan_tensor_find(p, w->opts.out[i].name);
-    AD_TRY(write_output(w, i, w->mem + t->offset, 1, p->global_batch));
-  }
+  return save_model(w);
+}
+
+/* ---- inference ---- */
+
+/* The --out files of an inference run: rank 0 streams each output's rows into
+ * a temporary file beside it (header first: the sample count is known) and
+ * renames them all into place once every row is written. */
+typedef struct out_file {
+  const ad_plan_tensor *t;
+  int64_t row;  /* bytes per sample */
+  char *tmp;    /* rank 0: the temporary path */
+  FILE *f;      /* rank 0 */
+  char *gather; /* rank 0: one global batch of rows */
+} out_file;
+
+static ad_status out_open(worker *w, out_file *o, int i) {
+  const ad_run_bind *b = &w->opts.out[i];
+  o->t = ad_plan_tensor_find(w->plan, b->name);
+  o->row = o->t->bytes / w->local_batch;
+  if (w->rank != 0)
+    return AD_OK;
+  int64_t dims[8];
+  memcpy(dims, o->t->dims, sizeof dims);
+  dims[0] = w->n_samples;
+  char head[AD_NPY_HEADER_MAX];
+  size_t n = ad_npy_header(head, sizeof head, o->t->dtype, o->t->rank, dims, NULL);
+  AD_ASSERT(n); /* ad_run_data_load checked the dtype */
+  o->gather = ad_xmalloc((size_t)(o->row * w->plan->global_batch));
+  o->tmp = ad_out_tmp_path(b->path, getenv("AD_RUN_DIR"));
+  o->f = fopen(o->tmp, "wb");
+  if (!o->f)
+    return ad_fail(AD_ERR_JOB, "%s: error: cannot write: %s", b->path, strerror(errno));
+  if (fwrite(head, 1, n, o->f) != n)
+    return ad_fail(AD_ERR_JOB, "%s: error: cannot write: %s", b->path, strerror(errno));
   return AD_OK;
 }
 
-/* One pass over the data in order; the last partial global batch is padded by
- * wrapping around to the first samples, and the padding is dropped. */
+/* Gathers global batch k's rows of one output to rank 0, which appends the
+ * first n_valid of them (the rest is padding). Replica r's slice is rows
+ * [r*b, (r+1)*b) of the batch, so rank order is sample order. */
+static ad_status out_append(worker *w, out_file *o, int64_t n_valid) {
+  AD_TRY(ad_comm_gather(w->comm, w->mem + o->t->offset, o->t->bytes, o->gather));
+  if (w->rank == 0 &&
+      fwrite(o->gather, 1, (size_t)(o->row * n_valid), o->f) != (size_t)(o->row * n_valid))
+    return ad_fail(AD_ERR_JOB, "%s: error: cannot write: %s", o->tmp, strerror(errno));
+  return AD_OK;
+}
+
+/* Closes the files; on success renames every one into place (after all were
+ * written: a failure leaves none), otherwise removes them. */
+static ad_status out_finish(worker *w, out_file *outs, ad_status st) {
+  for (int i = 0; i < w->opts.n_out; i++)
+    if (outs[i].f && fclose(outs[i].f) != 0 && st == AD_OK)
+      st = ad_fail(AD_ERR_JOB, "%s: error: cannot write: %s", outs[i].tmp, strerror(errno));
+  for (int i = 0; st == AD_OK && i < w->opts.n_out; i++)
+    if (outs[i].tmp && rename(outs[i].tmp, w->opts.out[i].path) != 0)
+      st = ad_fail(AD_ERR_JOB, "%s: error: cannot write: %s", w->opts.out[i].path, strerror(errno));
+  for (int i = 0; i < w->opts.n_out; i++) {
+    if (outs[i].tmp)
+      unlink(outs[i].tmp); /* after a rename: nothing there */
+    free(outs[i].tmp);
+    free(outs[i].gather);
+  }
+  return st;
+}
+
+/* "infer: 1536/10000 samples (15%)" on rank 0: on a terminal rewritten in
+ * place (at most 10 times a second), otherwise a line every 5 s; both end
+ * with the complete line. */
+static void infer_progress(worker *w, int64_t done, bool last) {
+  double t = now_sec();
+  if (!last && t - w->last_print < (w->tty ? 0.1 : 5.0))
+    return;
+  w->last_print = t;
+  fprintf(stderr, "%sinfer: %lld/%lld samples (%d%%)%s", w->tty ? "\r" : "", (long long)done,
+          (long long)w->n_samples, (int)(100 * done / w->n_samples), w->tty && !last ? "" : "\n");
+  fflush(stderr);
+}
+
+/* One pass over the data in order, in global batches (runtime/data.h's order
+ * without --shuffle); the last partial batch is padded by wrapping around to
+ * the first samples, and the padding is dropped. --metrics: one line per
+ * batch, with the samples it wrote. */
 static ad_status infer(worker *w) {
   void *fn;
   AD_TRY(ad_jit_lookup(w->jit, "ad_forward", &fn));
   forward_fn forward = (forward_fn)fn;
   const ad_plan *p = w->plan;
-  int64_t B = p->global_batch, n_batches = (w->n_samples + B - 1) / B;
-  char **local = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *local);
-  const ad_plan_tensor **ts = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *ts);
-  for (int i = 0; i < w->opts.n_out; i++) {
-    ts[i] = ad_plan_tensor_find(p, w->opts.out[i].name);
-    local[i] = ad_xmalloc((size_t)(ts[i]->bytes * n_batches));
-  }
+  int64_t B = p->global_batch, N = w->n_samples, n_batches = (N + B - 1) / B;
+  out_file *outs = ad_xcalloc((size_t)w->opts.n_out + 1, sizeof *outs);
+  ad_status st = AD_OK;
+  for (int i = 0; st == AD_OK && i < w->opts.n_out; i++)
+    st = out_open(w, &outs[i], i);
   ad_data_order order;
-  ad_data_order_init(&order, w->n_samples, false, 0);
+  ad_data_order_init(&order, N, false, 0);
   int64_t *rows = ad_xmalloc((size_t)w->local_batch * sizeof *rows);
   double t0 = now_sec();
-  for (int64_t k = 0; k < n_batches; k++) {
+  w->last_print = t0;
+  for (int64_t k = 0; k < n_batches && st == AD_OK; k++) {
+    double ts = now_sec();
+    int64_t valid = N - k * B < B ? N - k * B : B;
     feed_batch(w, &order, k, rows);
     forward(w->mem, w->comm);
-    for (int i = 0; i < w->opts.n_out; i++)
-      memcpy(local[i] + k * ts[i]->bytes, w->mem + ts[i]->offset, (size_t)ts[i]->bytes);
+    st = ad_comm_check(w->comm);
+    for (int i = 0; st == AD_OK && i < w->opts.n_out; i++)
+      st = out_append(w, &outs[i], valid);
+    if (st != AD_OK || w->rank != 0)
+      continue;
+    double te = now_sec();
+    if (w->metrics)
+      fprintf(w->metrics,
+              "{\"step\": %lld, \"samples\": %lld, \"samples_per_sec\": %.1f, \"elapsed_sec\": "
+              "%.6f, \"bytes_sent\": 0}\n",
+              (long long)(k + 1), (long long)valid, (double)valid / (te - ts > 0 ? te - ts : 1e-9),
+              te - t0);
+    infer_progress(w, k * B + valid, k + 1 == n_batches);
   }
   double elapsed = now_sec() - t0;
   free(rows);
   ad_data_order_free(&order);
-  ad_status st = ad_comm_check(w->comm);
-  for (int i = 0; st == AD_OK && i < w->opts.n_out; i++) {
-    bool batched = ts[i]->rank >= 1 && ts[i]->dims[0] == w->local_batch;
-    /* Unbatched outputs: the last batch's value. */
-    const char *src = batched ? local[i] : local[i] + (n_batches - 1) * ts[i]->bytes;
-    st = write_output(w, i, src, batched ? n_batches : 1, w->n_samples);
-  }
-  for (int i = 0; i < w->opts.n_out; i++)
-    free(local[i]);
-  free(local);
-  free(ts);
+  st = out_finish(w, outs, st);
+  free(outs);
+  if (st == AD_OK && w->metrics && fflush(w->metrics) != 0)
+    st = ad_fail(AD_ERR_JOB, "%s: error: cannot write: %s", w->opts.metrics, strerror(errno));
   if (st == AD_OK && w->rank == 0)
     fprintf(stderr, "autodist: inferred %lld samples on %d worker%s in %.3f s: %.0f samples/s\n",
-            (long long)w->n_samples, w->size, w->size == 1 ? "" : "s", elapsed,
-            (double)w->n_samples / (elapsed > 0 ? elapsed : 1e-9));
+            (long long)N, w->size, w->size == 1 ? "" : "s", elapsed,
+            (double)N / (elapsed > 0 ? elapsed : 1e-9));
   return st;
 }
 
@@ -494,7 +534,6 @@ static void worker_free(worker *w) {
     free(w->arrays);
   }
   free(w->feeds);
-  free(w->outs);
   free(w->mem);
   ad_ps_worker_destroy(w->ps);
   ad_jit_destroy(w->jit);

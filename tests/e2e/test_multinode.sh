@@ -6,6 +6,8 @@
 # - The 4-worker job trains mlp_small to the per-step losses of the same plan
 #   on one node (relative 1e-5), with the plan and data staged on the node;
 #   a second run copies nothing, and two runs staging at once both succeed.
+# - An inference plan (compile --infer) on the two nodes writes every sample's
+#   outputs on the chief, equal to `autodist infer`'s.
 # - An unknown host key is refused (exit 2, nothing staged); with
 #   --accept-new-hosts the run works and the key is recorded. Output of a
 #   worker on the other node is prefixed with its node and rank.
@@ -197,6 +199,25 @@ done
 expect "a second run copies nothing" 0 "on 4 workers" -- run "$T/two" "${D[@]}" --steps 2
 if grep -qF "copied" "$T/err.txt"; then
   fail "second run copied again: $(cat "$T/err.txt")"
+fi
+
+# ---- an inference plan on two nodes: every sample's output, written on the chief ----
+"$AUTODIST" compile mlp_small.onnx -r two.yml --infer --batch 12 -o "$T/inf2" >"$T/c.txt" 2>&1 ||
+  fail "compile --infer on two nodes: $(cat "$T/c.txt")"
+expect "inference on two nodes" 0 "autodist: inferred 64 samples on 4 workers" -- \
+  run "$T/inf2" --data input=x.npy --out logits=inf2.npy
+grep -qF "infer: 64/64 samples (100%)" "$T/err.txt" ||
+  fail "inference on two nodes: no progress line: $(cat "$T/err.txt")"
+"$AUTODIST" infer mlp_small.onnx --data input=x.npy --out logits=inf1.npy 2>"$T/c.txt" ||
+  fail "autodist infer: $(cat "$T/c.txt")"
+"$PYTHON" - <<'EOF' || fail "inference on two nodes: outputs differ from autodist infer"
+import numpy as np
+got, ref = np.load("inf2.npy"), np.load("inf1.npy")
+assert got.shape == ref.shape == (64, 10), (got.shape, ref.shape)
+assert np.allclose(got, ref, rtol=1e-5, atol=1e-6), np.abs(got - ref).max()
+EOF
+if compgen -G "$T/inf2.npy.*.tmp" >/dev/null; then
+  fail "inference on two nodes: temporary output left"
 fi
 
 # ---- failures while running ----

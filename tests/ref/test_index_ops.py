@@ -217,10 +217,8 @@ def check_fed_int32(verbose):
         onnx.save(_table_onnx(w, 13, TensorProto.INT32), os.path.join(tmp, "m.onnx"))
         np.save(os.path.join(tmp, "ids.npy"), ids)
         np.save(os.path.join(tmp, "big.npy"), np.array([[1, 2, 3, 2**31]] * 2, np.int64))
-        with open(os.path.join(tmp, "t.yml"), "w") as f:
-            f.write("batch_size: 2\n")
         for args in (["infer", "m.onnx", "--data", "ids=ids.npy", "--out", "y=y.npy"],
-                     ["compile", "m.onnx", "--infer", "-t", "t.yml", "-o", "plan"],
+                     ["compile", "m.onnx", "--infer", "--batch", "2", "-o", "plan"],
                      ["run", "plan", "--data", "ids=ids.npy", "--out", "y=y2.npy"]):
             r = T.autodist(args, tmp)
             if r.returncode != 0:

@@ -52,7 +52,8 @@ static const char gen_script[] =
     "np.save(d + '/ref_f4.npy', a)\n"
     "np.save(d + '/ref_i8.npy', np.array([1, -2, 3], dtype=np.int64))\n"
     "np.save(d + '/ref_scalar.npy', np.float32(3.5))\n"
-    "np.save(d + '/ref_r3.npy', np.zeros((2, 1, 4), np.float32))\n";
+    "np.save(d + '/ref_r3.npy', np.zeros((2, 1, 4), np.float32))\n"
+    "np.save(d + '/ref_i4.npy', np.array([[-3, 7], [2**31 - 1, -2**31]], dtype=np.int32))\n";
 
 static int same_file(const char *a, const char *b) {
   char *x, *y;
@@ -173,6 +174,20 @@ static void test_write_matches_numpy(void) {
   int64_t d214[3] = {2, 1, 4};
   CHECK(ad_npy_save(at("out_r3.npy"), "float32", 3, d214, z) == AD_OK);
   CHECK(same_file(at("out_r3.npy"), at("ref_r3.npy")));
+
+  /* int32 (an inference output), and the header alone for a streaming
+   * writer (run --out): the same bytes as np.save's. */
+  int32_t i4[4] = {-3, 7, INT32_MAX, INT32_MIN};
+  int64_t d22[2] = {2, 2};
+  CHECK(ad_npy_save(at("out_i4.npy"), "int32", 2, d22, i4) == AD_OK);
+  CHECK(same_file(at("out_i4.npy"), at("ref_i4.npy")));
+  char head[AD_NPY_HEADER_MAX], *ref;
+  size_t esize = 0, n = ad_npy_header(head, sizeof head, "int32", 2, d22, &esize), ref_len;
+  CHECK(n == 128 && esize == 4);
+  CHECK(ad_file_read(at("ref_i4.npy"), &ref, &ref_len) == AD_OK && ref_len == n + 16 &&
+        !memcmp(ref, head, n));
+  free(ref);
+  CHECK(ad_npy_header(head, sizeof head, "float16", 2, d22, &esize) == 0);
 
   /* Round trip through our own reader. */
   ad_npy a;
