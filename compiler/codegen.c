@@ -4,7 +4,9 @@
  * Fusion: an elementwise node whose single-use output feeds an elementwise node
  * of the same output shape joins that node's group; a group becomes one loop
  * nest over its output shape, with every external operand read through numpy
- * broadcast strides and intermediate results kept in registers. Groups and
+ * broadcast strides and intermediate results kept in registers. Operands keep
+ * their own dtypes: each is loaded with its own LLVM type (a bool byte becomes
+ * an i1) and ops' `emit` work on register scalars (ad_cg_type). Groups and
  * reductions are emitted as internal functions called in order from the entry
  * function; heavy ops call runtime kernels (ops' `lower`). The worker JIT
  * optimizes the module for its own CPU (O3, vectorization), so this file emits
@@ -64,6 +66,38 @@ LLVMValueRef ad_cg_f32(ad_cg *cg, float x) {
 }
 LLVMValueRef ad_cg_i64(ad_cg *cg, int64_t x) {
   return LLVMConstInt(cg->i64, (unsigned long long)x, 1);
+}
+
+/* Elementwise scalars live in registers as float, i64, i32, i8 (uint8) and i1
+ * (bool); in memory a bool is one byte. */
+LLVMTypeRef ad_cg_type(ad_cg *cg, ad_dtype t) {
+  switch (t) {
+  case AD_F32:
+    return cg->f32;
+  case AD_I64:
+    return cg->i64;
+  case AD_I32:
+    return LLVMInt32TypeInContext(cg->ctx);
+  case AD_U8:
+    return LLVMInt8TypeInContext(cg->ctx);
+  case AD_BOOL:
+    return LLVMInt1TypeInContext(cg->ctx);
+  default:
+    AD_ASSERT(!"no elementwise register type for this dtype");
+    return NULL;
+  }
+}
+
+static LLVMTypeRef mem_type(ad_cg *cg, ad_dtype t) {
+  return t == AD_BOOL ? LLVMInt8TypeInContext(cg->ctx) : ad_cg_type(cg, t);
+}
+
+LLVMValueRef ad_cg_const(ad_cg *cg, ad_dtype t, double x) {
+  if (t == AD_F32)
+    return LLVMConstReal(cg->f32, x);
+  if (t == AD_U8 || t == AD_BOOL)
+    return LLVMConstInt(ad_cg_type(cg, t), (unsigned long long)(int64_t)x, 0);
+  return LLVMConstInt(ad_cg_type(cg, t), (unsigned long long)(int64_t)x, 1);
 }
 LLVMValueRef ad_cg_rt(ad_cg *cg) {
   return cg->rt;
@@ -185,7 +219,8 @@ struct nest {
   int rank;
   int64_t dims[AD_MAX_RANK];
   int n_ops;
-  LLVMValueRef base[MAX_OPS];           /* f32 pointers */
+  LLVMValueRef base[MAX_OPS];           /* pointers */
+  LLVMTypeRef ety[MAX_OPS];             /* element type in memory */
   int64_t stride[MAX_OPS][AD_MAX_RANK]; /* in elements; 0 broadcasts */
   LLVMValueRef off[MAX_OPS];            /* element offsets at the current level */
   void (*inner)(ad_cg *cg, nest *ns, void *ctx);
@@ -208,9 +243,10 @@ static void broadcast_strides(const ad_value *v, int rank, const int64_t *dims, 
   }
 }
 
-static int nest_add(nest *ns, LLVMValueRef base, const int64_t *strides) {
+static int nest_add(nest *ns, LLVMValueRef base, LLVMTypeRef ety, const int64_t *strides) {
   AD_ASSERT(ns->n_ops < MAX_OPS);
   ns->base[ns->n_ops] = base;
+  ns->ety[ns->n_ops] = ety;
   memcpy(ns->stride[ns->n_ops], strides, sizeof(int64_t) * (size_t)ns->rank);
   return ns->n_ops++;
 }
@@ -275,7 +311,7 @@ static void nest_emit(ad_cg *cg, nest *ns) {
 }
 
 static LLVMValueRef nest_addr(ad_cg *cg, nest *ns, int k) {
-  return LLVMBuildGEP2(cg->b, cg->f32, ns->base[k], &ns->off[k], 1, "");
+  return LLVMBuildGEP2(cg->b, ns->ety[k], ns->base[k], &ns->off[k], 1, "");
 }
 
 /* ad_cg_broadcast: dst = scale * broadcast(src). */
@@ -301,9 +337,9 @@ void ad_cg_broadcast(ad_cg *cg, const ad_value *src, LLVMValueRef dst, int rank,
   ad_value dense = {.rank = rank};
   memcpy(dense.dims, dims, sizeof(int64_t) * (size_t)rank);
   broadcast_strides(&dense, rank, dims, st);
-  nest_add(&ns, dst, st);
+  nest_add(&ns, dst, cg->f32, st);
   broadcast_strides(src, rank, dims, st);
-  nest_add(&ns, ad_cg_ptr(cg, src), st);
+  nest_add(&ns, ad_cg_ptr(cg, src), cg->f32, st);
   nest_emit(cg, &ns);
 }
 
@@ -326,8 +362,9 @@ static int same_dims(const ad_value *a, const ad_value *b) {
   return a->rank == b->rank && !memcmp(a->dims, b->dims, sizeof(int64_t) * (size_t)a->rank);
 }
 
-/* Group size cap: keeps every group's external operands (at most 3 per member)
- * within a nest's operand table. Longer chains become several groups. */
+/* Group caps: at most MAX_GROUP members, and at most MAX_OPS - 1 member inputs
+ * in all, so that every external operand fits a nest's operand table (slot 0 is
+ * the output). Longer chains become several groups. */
 #define MAX_GROUP 20
 
 static void fusion_plan(fusion *f) {
@@ -346,13 +383,15 @@ static void fusion_plan(fusion *f) {
   for (int i = 0; i < g->outputs.len; i++)
     f->must[g->outputs.data[i]->id] = 1;
   int *index = ad_xmalloc(sizeof(int) * (size_t)nv);
-  int *size = ad_xmalloc(sizeof(int) * (size_t)(nn ? nn : 1)); /* members, by root */
+  int *size = ad_xmalloc(sizeof(int) * (size_t)(nn ? nn : 1));  /* members, by root */
+  int *n_ins = ad_xmalloc(sizeof(int) * (size_t)(nn ? nn : 1)); /* member inputs, by root */
   for (int i = 0; i < nv; i++)
     index[i] = -1;
   for (int k = 0; k < nn; k++) {
     ad_node *n = g->nodes.data[k];
     f->group[k] = k;
     size[k] = 1;
+    n_ins[k] = n->n_in;
     for (int o = 0; o < n->n_out; o++)
       index[n->out[o]->id] = k;
   }
@@ -368,14 +407,16 @@ static void fusion_plan(fusion *f) {
       ad_node *pn = g->nodes.data[pk];
       int rp = root_of(f, pk);
       if (pn->op->lower_kind != AD_LOWER_EW || !same_dims(x, n->out[0]) || pn->n_out != 1 ||
-          size[k] + size[rp] > MAX_GROUP)
+          size[k] + size[rp] > MAX_GROUP || n_ins[k] + n_ins[rp] > MAX_OPS - 1)
         continue;
       f->group[rp] = k;
       size[k] += size[rp];
+      n_ins[k] += n_ins[rp];
       f->fused[x->id] = 1;
     }
   }
   free(size);
+  free(n_ins);
   free(index);
 }
 
@@ -397,22 +438,38 @@ static int ext_index(group_ctx *gc, ad_value *v) {
   return -1;
 }
 
+/* Loads every external operand with its own type (a bool byte becomes an i1),
+ * emits the members in order on register scalars, and stores the root's. */
 static void group_inner(ad_cg *cg, nest *ns, void *vctx) {
   group_ctx *gc = vctx;
   ad_graph *g = gc->f->p->g;
-  for (int i = 0; i < gc->n_ext; i++)
-    gc->scalar[gc->ext[i]->id] = LLVMBuildLoad2(cg->b, cg->f32, nest_addr(cg, ns, i + 1), "");
+  for (int i = 0; i < gc->n_ext; i++) {
+    ad_value *x = gc->ext[i];
+    LLVMValueRef v = LLVMBuildLoad2(cg->b, ns->ety[i + 1], nest_addr(cg, ns, i + 1), "");
+    if (x->dtype == AD_BOOL)
+      v = LLVMBuildICmp(cg->b, LLVMIntNE, v, LLVMConstNull(ns->ety[i + 1]), "");
+    gc->scalar[x->id] = v;
+  }
   LLVMValueRef last = NULL;
+  ad_value *out = NULL;
   for (int m = 0; m < gc->n_members; m++) {
     ad_node *n = g->nodes.data[gc->members[m]];
-    LLVMValueRef in[8];
-    AD_ASSERT(n->n_in <= 8);
+    LLVMValueRef in[MAX_OPS];
+    AD_ASSERT(n->n_in <= MAX_OPS);
     for (int j = 0; j < n->n_in; j++)
-      in[j] = gc->scalar[n->in[j]->id];
+      in[j] = n->in[j] ? gc->scalar[n->in[j]->id] : NULL;
     last = n->op->emit(cg, n, in);
-    gc->scalar[n->out[0]->id] = last;
+    out = n->out[0];
+    AD_ASSERT(LLVMTypeOf(last) == ad_cg_type(cg, out->dtype));
+    gc->scalar[out->id] = last;
   }
+  if (out->dtype == AD_BOOL)
+    last = LLVMBuildZExt(cg->b, last, ns->ety[0], "");
   LLVMBuildStore(cg->b, last, nest_addr(cg, ns, 0));
+}
+
+static int ew_dtype(ad_dtype t) {
+  return t == AD_F32 || t == AD_I64 || t == AD_I32 || t == AD_U8 || t == AD_BOOL;
 }
 
 /* Starts an internal function `void kN(ptr mem)`, called from the entry now. */
@@ -449,19 +506,19 @@ static ad_status emit_group(ad_cg *cg, fusion *f, int root) {
     }
   ad_node *rn = g->nodes.data[root];
   ad_value *out = rn->out[0];
-  if (out->dtype != AD_F32)
-    return ad_fail(AD_ERR_INPUT, "%s: error: only float32 elementwise computation is supported",
-                   ad_node_where(g, rn));
+  if (!ew_dtype(out->dtype))
+    return ad_fail(AD_ERR_INPUT, "%s: error: elementwise computation in %s is not supported",
+                   ad_node_where(g, rn), ad_dtype_name(out->dtype));
   for (int m = 0; m < gc.n_members; m++) {
     ad_node *n = g->nodes.data[gc.members[m]];
     for (int j = 0; j < n->n_in; j++) {
       ad_value *x = n->in[j];
-      if (x->dtype != AD_F32)
-        return ad_fail(AD_ERR_INPUT, "%s: error: input '%s' is %s; only float32 is supported here",
-                       ad_node_where(g, n), x->name, ad_dtype_name(x->dtype));
-      if (f->fused[x->id] || ext_index(&gc, x) >= 0)
+      if (!x || f->fused[x->id] || ext_index(&gc, x) >= 0)
         continue;
-      AD_ASSERT(gc.n_ext < MAX_OPS - 1 && n->n_in <= 3);
+      if (!ew_dtype(x->dtype))
+        return ad_fail(AD_ERR_INPUT, "%s: error: input '%s' is %s; not supported here",
+                       ad_node_where(g, n), x->name, ad_dtype_name(x->dtype));
+      AD_ASSERT(gc.n_ext < MAX_OPS - 1);
       gc.ext[gc.n_ext++] = x;
     }
   }
@@ -472,10 +529,10 @@ static ad_status emit_group(ad_cg *cg, fusion *f, int root) {
   memcpy(ns.dims, out->dims, sizeof(int64_t) * (size_t)out->rank);
   int64_t st[AD_MAX_RANK];
   broadcast_strides(out, out->rank, out->dims, st);
-  nest_add(&ns, ad_cg_ptr(cg, out), st);
+  nest_add(&ns, ad_cg_ptr(cg, out), mem_type(cg, out->dtype), st);
   for (int i = 0; i < gc.n_ext; i++) {
     broadcast_strides(gc.ext[i], out->rank, out->dims, st);
-    nest_add(&ns, ad_cg_ptr(cg, gc.ext[i]), st);
+    nest_add(&ns, ad_cg_ptr(cg, gc.ext[i]), mem_type(cg, gc.ext[i]->dtype), st);
   }
   gc.scalar = ad_xcalloc((size_t)g->values.len, sizeof(LLVMValueRef));
   nest_emit(cg, &ns);
@@ -511,9 +568,9 @@ static void emit_reduce(ad_cg *cg, const ad_node *n) {
   memcpy(ns.dims, x->dims, sizeof(int64_t) * (size_t)x->rank);
   int64_t st[AD_MAX_RANK];
   broadcast_strides(y, x->rank, x->dims, st);
-  nest_add(&ns, yp, st);
+  nest_add(&ns, yp, cg->f32, st);
   broadcast_strides(x, x->rank, x->dims, st);
-  nest_add(&ns, ad_cg_ptr(cg, x), st);
+  nest_add(&ns, ad_cg_ptr(cg, x), cg->f32, st);
   nest_collapse(&ns);
   int64_t row = 0;
   int last = ns.rank - 1;

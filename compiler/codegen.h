@@ -30,6 +30,12 @@ LLVMTypeRef ad_cg_i64_type(ad_cg *cg);
 LLVMTypeRef ad_cg_ptr_type(ad_cg *cg);
 LLVMValueRef ad_cg_f32(ad_cg *cg, float x);
 LLVMValueRef ad_cg_i64(ad_cg *cg, int64_t x);
+/* Register type of an elementwise scalar of dtype t: float, i64, i32, i8 for
+ * uint8, i1 for bool (stored as one byte in memory). EW `emit` functions get
+ * their inputs in these types and return their output's. */
+LLVMTypeRef ad_cg_type(ad_cg *cg, ad_dtype t);
+/* Constant x in dtype t's register type (integers truncate toward zero). */
+LLVMValueRef ad_cg_const(ad_cg *cg, ad_dtype t, double x);
 
 /* Calls an LLVM float intrinsic of one or two f32 arguments, e.g. "llvm.exp.f32",
  * "llvm.maxnum.f32". */

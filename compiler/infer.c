@@ -154,9 +154,8 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     if (!out_vals[i])
       st = ad_fail(AD_ERR_INPUT, "error: --out %s: %s has no output named '%s'", outs[i].name,
                    model, outs[i].name);
-    else if (out_vals[i]->dtype != AD_F32)
-      st = ad_fail(AD_ERR_INPUT, "error: --out %s: only float32 outputs can be written",
-                   outs[i].name);
+    else if (out_vals[i]->dtype == AD_F16)
+      st = ad_fail(AD_ERR_INPUT, "error: --out %s: float16 cannot be written", outs[i].name);
     else if (n_chunks > 1 && (out_vals[i]->rank < 1 || out_vals[i]->dims[0] != chunk))
       st = ad_fail(AD_ERR_INPUT,
                    "error: --out %s: output %s has no batch axis, so %lld samples cannot be "
@@ -224,7 +223,8 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       memcpy(dims, out_vals[i]->dims, sizeof dims);
       if (n_chunks > 1)
         dims[0] = N;
-      st = ad_npy_save(outs[i].file, "float32", out_vals[i]->rank, dims, out_data[i]);
+      st = ad_npy_save(outs[i].file, ad_dtype_name(out_vals[i]->dtype), out_vals[i]->rank, dims,
+                       out_data[i]);
     }
   }
   free(mem);

@@ -219,14 +219,17 @@ const char *ad_node_where(const ad_graph *g, const ad_node *n) {
 ad_status ad_broadcast_shape(int ra, const int64_t *a, int rb, const int64_t *b, int *rout,
                              int64_t *out) {
   int r = ra > rb ? ra : rb;
+  int64_t res[AD_MAX_RANK]; /* out may alias a or b */
+  AD_ASSERT(r <= AD_MAX_RANK);
   for (int i = 0; i < r; i++) {
     int64_t da = i < r - ra ? 1 : a[i - (r - ra)];
     int64_t db = i < r - rb ? 1 : b[i - (r - rb)];
     if (da != db && da != 1 && db != 1)
       return ad_fail(AD_ERR_INPUT, "shapes %s and %s cannot be broadcast", ad_shape_str(ra, a),
                      ad_shape_str(rb, b));
-    out[i] = da == 1 ? db : da;
+    res[i] = da == 1 ? db : da;
   }
+  memcpy(out, res, sizeof(int64_t) * (size_t)r);
   *rout = r;
   return AD_OK;
 }
