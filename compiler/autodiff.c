@@ -38,7 +38,12 @@ static int same_shape(const ad_value *a, const ad_value *b) {
 ad_value *ad_grad_emit(ad_grad *gc, const char *op_type, int n_in, ad_value *const *in,
                        const ad_attr *attrs, int n_attr) {
   ad_node *n;
+  /* Gradient nodes take the forms of the newest opset (Slice's starts as
+   * inputs, ...), whatever opset the model imports. */
+  int opset = gc->g->opset;
+  gc->g->opset = AD_OPSET_MAX;
   ad_status st = ad_node_add(gc->g, NULL, op_type, n_in, in, 0, attrs, n_attr, &n);
+  gc->g->opset = opset;
   if (st != AD_OK) {
     fprintf(stderr, "autodist: internal error building gradient: %s\n", ad_error_message());
     AD_ASSERT(st == AD_OK);

@@ -276,6 +276,7 @@ static ad_status write_plan_files(ad_program *p, const ad_ps_layout *l, const ad
     int trainable = 0;
     for (int j = 0; j < p->n_params; j++)
       trainable |= p->params[j] == v;
+    trainable |= v->updated && p->training; /* saved like trained ones */
     if (p->offset[v->id] < 0)
       continue;
     ad_plan_tensor t = tensor_of(p, v, trainable ? AD_ROLE_PARAM : AD_ROLE_FROZEN);

@@ -53,6 +53,8 @@ typedef struct ad_value {
   ad_value_kind kind;
   bool frozen;      /* PARAM only: not trained */
   bool batched;     /* dims[0] is the batch dimension (inputs and what flows from them) */
+  bool updated;     /* PARAM: not trained, but updated in place by its op during training
+                       (BatchNormalization running statistics); saved like trained ones */
   void *data;       /* PARAM/CONST: initial contents, ad_value_bytes() long */
   ad_node *producer;/* ACT only */
   int n_uses;       /* maintained by ad_graph_recount() */

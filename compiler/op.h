@@ -21,8 +21,9 @@
 
 #include <llvm-c/Core.h>
 
-/* The ONNX opsets of the default domain that autodist accepts. */
-#define AD_OPSET_MIN 11
+/* The ONNX opsets of the default domain that a model may import; each op's
+ * entry states the opsets it implements (min_opset..max_opset). */
+#define AD_OPSET_MIN 1
 #define AD_OPSET_MAX 17
 
 typedef struct ad_cg ad_cg;     /* codegen state, see codegen.h */
@@ -62,6 +63,9 @@ typedef struct ad_op {
 const ad_op *ad_op_find(const char *op_type, const char *domain, int opset);
 /* Whether any entry exists for op_type (to tell "unsupported opset" from "unsupported op"). */
 int ad_op_known(const char *op_type, const char *domain);
+/* Writes the opsets at which op_type has entries, as "A-B" ranges (those that
+ * touch merged) separated by ", ", into buf (for "op X is supported at opsets ..."). */
+void ad_op_opsets(const char *op_type, const char *domain, char *buf, size_t cap);
 /* Iterates all entries (for `inspect` and docs): returns NULL past the end. */
 const ad_op *ad_op_at(int i);
 
@@ -75,6 +79,12 @@ extern const ad_op ad_ops_train[];
 extern const ad_op ad_ops_index[];
 extern const ad_op ad_ops_reduce[];
 extern const ad_op ad_ops_ps[];
+extern const ad_op ad_ops_norm[];
+
+/* Switches every BatchNormalization of g to training with batch statistics
+ * and in-place running-statistics updates (PyTorch's model.train()); called
+ * when a training program is built. Errors name the node (ops/norm.c). */
+ad_status ad_norm_prepare_training(ad_graph *g, int replicas);
 
 /* ---- autodiff API for grad functions (implemented in autodiff.c) ---- */
 

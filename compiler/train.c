@@ -46,7 +46,11 @@ void ad_graph_move_last(ad_graph *g, int pos) {
 static ad_value *add1(ad_graph *g, const char *op, int n_in, ad_value *const *in,
                       const ad_attr *attrs, int n_attr) {
   ad_node *n;
+  /* Loss and update nodes use the newest opset's ops, whatever the model imports. */
+  int opset = g->opset;
+  g->opset = AD_OPSET_MAX;
   ad_status st = ad_node_add(g, NULL, op, n_in, in, 0, attrs, n_attr, &n);
+  g->opset = opset;
   AD_ASSERT(st == AD_OK);
   return n->n_out ? n->out[0] : NULL;
 }
@@ -139,6 +143,7 @@ ad_status ad_train_build(ad_graph *g, const ad_train_config *cfg, int replicas,
   }
   ad_value *y;
   AD_TRY(find_output(g, cfg, &y));
+  AD_TRY(ad_norm_prepare_training(g, replicas));
   ad_program *p = ad_program_create(g, true);
   p->replicas = replicas;
   p->global_batch = cfg->batch_size;

@@ -58,6 +58,11 @@ void ad_k_maxpool2d_fwd(const int64_t *p, const float *x, float *y);
 /* dx = scatter of dy to the argmax of each window (first maximum wins, like
  * PyTorch); overwrites dx. */
 void ad_k_maxpool2d_bwd(const int64_t *p, const float *x, const float *dy, float *dx);
+/* Max pooling that also writes the ONNX Indices output (int64 flat offsets into x;
+ * p[15] = storage_order: 0 row-major NCHW, 1 column-major spatial cells). */
+void ad_k_maxpool2d_idx_fwd(const int64_t *p, const float *x, float *y, int64_t *idx);
+/* LpPool: p as above plus p[15] = the norm's p (padding counts as zeros). */
+void ad_k_lppool2d_fwd(const int64_t *p, const float *x, float *y);
 void ad_k_avgpool2d_fwd(const int64_t *p, const float *x, float *y);
 void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx);
 
@@ -96,6 +101,90 @@ void ad_k_sum_row(const int64_t *p, const float *x, float *y);
  * out-of-range ones are skipped). */
 void ad_k_gather(const int64_t *p, const float *x, const void *idx, float *y);
 void ad_k_scatter_add(const int64_t *p, const float *dy, const void *idx, float *dx);
+
+/* Reductions over the axes whose mask is 1 (kernels_reduce.c), y dense over
+ * the kept axes: p = {rank, dims[rank]..., mask[rank]..., kind}; ws holds one
+ * double per output element (caller's scratch). */
+#define AD_K_MAX_RANK 16
+enum {
+  AD_K_REDUCE_SUM,
+  AD_K_REDUCE_MEAN,
+  AD_K_REDUCE_MAX,
+  AD_K_REDUCE_MIN,
+  AD_K_REDUCE_PROD,
+  AD_K_REDUCE_L1,
+  AD_K_REDUCE_L2,
+  AD_K_REDUCE_LOG_SUM,
+  AD_K_REDUCE_LOG_SUM_EXP,
+  AD_K_REDUCE_SUM_SQUARE,
+  AD_K_REDUCE_KIND_COUNT
+};
+void ad_k_reduce(const int64_t *p, const float *x, float *y, double *ws);
+/* Gradient of ReduceMax/ReduceMin (same p; y the forward result): dy is shared
+ * evenly among the elements equal to the extremum (PyTorch's amax/amin
+ * backward); ws holds one float per output element. */
+void ad_k_reduce_minmax_bwd(const int64_t *p, const float *x, const float *y, const float *dy,
+                            float *dx, float *ws);
+/* ArgMax / ArgMin of x viewed as [outer, n, inner] along n, int64 result
+ * [outer, inner]: p = {outer, n, inner, is_min, select_last_index}. */
+void ad_k_argmax(const int64_t *p, const float *x, int64_t *y);
+/* Hardmax: one-hot (first maximum) along n of x viewed as [outer, n, inner];
+ * p = {outer, n, inner}. */
+void ad_k_hardmax(const int64_t *p, const float *x, float *y);
+
+/* Normalization (kernels_norm.c). BatchNormalization views x as [N, C, S]:
+ * p = {N, C, S, eps_bits, momentum_bits, flags}.
+ * infer: y = (x - mean) / sqrt(var + eps) * scale + bias with the given statistics.
+ * train_fwd: the same with the batch's statistics; writes (each may be NULL)
+ *   mean_out = mean_in * momentum + batch_mean * (1 - momentum), var_out likewise
+ *   with the batch variance (unbiased when p[5] = 1, PyTorch's running_var;
+ *   biased otherwise, ONNX's), saved_mean / saved_var = the batch's (biased)
+ *   statistics. mean_out may be mean_in (in-place update of running stats).
+ * bwd: p[4] = 1: the statistics are the batch's (recomputed from x), else
+ *   mean_in / var_in; writes dx, dscale, dbias (each may be NULL). */
+void ad_k_bn_infer(const int64_t *p, const float *x, const float *scale, const float *bias,
+                   const float *mean, const float *var, float *y);
+void ad_k_bn_train_fwd(const int64_t *p, const float *x, const float *scale, const float *bias,
+                       const float *mean_in, const float *var_in, float *y, float *mean_out,
+                       float *var_out, float *saved_mean, float *saved_var);
+void ad_k_bn_bwd(const int64_t *p, const float *x, const float *scale, const float *mean_in,
+                 const float *var_in, const float *dy, float *dx, float *dscale, float *dbias);
+/* Synchronized BatchNormalization over several replicas: the generated code
+ * all-reduces (sums) the per-channel buffers between these calls; `count` is
+ * the global number of values per channel (N * S * replicas).
+ * channel_sums: p = {N, C, S, centered, count}: out[c] = local sum of x
+ *   (centered 0) or of (x - sum[c] / count)^2 (centered 1).
+ * sync_fwd: p = {N, C, S, eps_bits, momentum_bits, count}; sum / sq the global
+ *   sums; normalizes and updates mean_run / var_run in place (unbiased var);
+ *   saved_mean / saved_var (may be NULL) get the batch's mean and biased variance.
+ * sync_bwd_sums: p = {N, C, S, eps_bits, count}: g[c] = local sum of dy,
+ *   g[C + c] = local sum of dy * (x - mean); dscale / dbias: this replica's
+ *   share (the strategy sums parameter gradients over replicas).
+ * sync_bwd: the same p; g the global sums; writes dx. */
+void ad_k_bn_channel_sums(const int64_t *p, const float *x, const float *sum, float *out);
+void ad_k_bn_sync_fwd(const int64_t *p, const float *x, const float *scale, const float *bias,
+                      const float *sum, const float *sq, float *y, float *mean_run, float *var_run,
+                      float *saved_mean, float *saved_var);
+void ad_k_bn_sync_bwd_sums(const int64_t *p, const float *x, const float *sum, const float *sq,
+                           const float *dy, float *g, float *dscale, float *dbias);
+void ad_k_bn_sync_bwd(const int64_t *p, const float *x, const float *scale, const float *sum,
+                      const float *sq, const float *g, const float *dy, float *dx);
+/* LayerNormalization of the rows of x viewed as [outer, n]: p = {outer, n, eps_bits};
+ * scale, bias (bias may be NULL) have n elements; mean_out / invstd_out (may be
+ * NULL) get one value per row. bwd recomputes the row statistics from x and
+ * writes dx, dscale, dbias (each may be NULL). */
+void ad_k_layernorm_fwd(const int64_t *p, const float *x, const float *scale, const float *bias,
+                        float *y, float *mean_out, float *invstd_out);
+void ad_k_layernorm_bwd(const int64_t *p, const float *x, const float *scale, const float *dy,
+                        float *dx, float *dscale, float *dbias);
+/* InstanceNormalization of x viewed as [N, C, S]: p = {N, C, S, eps_bits}. */
+void ad_k_instnorm_fwd(const int64_t *p, const float *x, const float *scale, const float *bias,
+                       float *y);
+/* MeanVarianceNormalization: p = {rank, dims..., mask..., eps_bits}; ws: 2 doubles
+ * per kept element. */
+void ad_k_mvn_fwd(const int64_t *p, const float *x, float *y, double *ws);
+/* LRN across channels of [N, C, S]: p = {N, C, S, size, alpha_bits, beta_bits, bias_bits}. */
+void ad_k_lrn_fwd(const int64_t *p, const float *x, float *y);
 
 /* y = (sum of x over the axes whose mask is 1) / div, y dense over the kept
  * axes: p = {rank, dims[rank]..., mask[rank]..., div_bits} (kernels_index.c). */

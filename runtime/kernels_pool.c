@@ -235,3 +235,50 @@ void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx) {
     }
   }
 }
+
+/* Max pooling with the ONNX Indices output: idx = the flat offset in x of each
+ * window's maximum (the forward's argmax rule), NCHW for storage_order 0
+ * (p[15]), with the spatial cells column-major (NCWH) for 1. */
+void ad_k_maxpool2d_idx_fwd(const int64_t *p, const float *x, float *y, int64_t *idx) {
+  const pool_geom g = pool_geom_of(p);
+  const int64_t planes = g.n * g.c;
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const float *xp = x + pl * g.h * g.w;
+    for (int64_t oy = 0; oy < g.oh; oy++)
+      for (int64_t ox = 0; ox < g.ow; ox++) {
+        const int64_t a = window_argmax(&g, xp, oy, ox), o = (pl * g.oh + oy) * g.ow + ox;
+        y[o] = a < 0 ? -INFINITY : xp[a];
+        const int64_t cell = p[15] ? (a % g.w) * g.h + a / g.w : a;
+        idx[o] = a < 0 ? -1 : pl * g.h * g.w + cell;
+      }
+  }
+}
+
+/* LpPool: y = (sum over the window's image cells of |x|^p)^(1/p), padding
+ * counting as zeros; p[15] = the norm's p. */
+void ad_k_lppool2d_fwd(const int64_t *p, const float *x, float *y) {
+  const pool_geom g = pool_geom_of(p);
+  const double e = (double)p[15];
+  const int64_t planes = g.n * g.c;
+  for (int64_t pl = 0; pl < planes; pl++) {
+    const float *xp = x + pl * g.h * g.w;
+    float *yp = y + pl * g.oh * g.ow;
+    for (int64_t oy = 0; oy < g.oh; oy++) {
+      const int64_t y0 = oy * g.sh - g.pt;
+      int64_t ylo, yhi;
+      taps(y0, g.dh, g.kh, g.h, &ylo, &yhi);
+      for (int64_t ox = 0; ox < g.ow; ox++) {
+        const int64_t x0 = ox * g.sw - g.pl;
+        int64_t xlo, xhi;
+        taps(x0, g.dw, g.kw, g.w, &xlo, &xhi);
+        double s = 0;
+        for (int64_t ky = ylo; ky < yhi; ky++) {
+          const int64_t r = (y0 + ky * g.dh) * g.w + x0;
+          for (int64_t kx = xlo; kx < xhi; kx++)
+            s += pow(fabs((double)xp[r + kx * g.dw]), e);
+        }
+        yp[oy * g.ow + ox] = (float)pow(s, 1.0 / e);
+      }
+    }
+  }
+}

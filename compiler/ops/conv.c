@@ -13,6 +13,8 @@
  *
  * Bottom/right padding is implied by the output size in the kernels, so
  * asymmetric explicit pads and SAME_* auto padding need no extra parameters.
+ * GlobalMaxPool is a max pool whose one window covers the image; MaxPool's
+ * optional Indices output and LpPool (forward only) have their own kernels.
  */
 #include "../../runtime/kernels.h"
 #include "../codegen.h"
@@ -39,8 +41,13 @@ static ad_status check_image(ad_graph *g, const ad_node *n, const ad_value *x) {
   return AD_OK;
 }
 
-/* Reads an INTS attribute of `len` entries, each >= lo, into out (2-D layout:
- * a 1-D op's value goes to the W slot). Absent: `dflt` everywhere. */
+/* Window attributes (strides, dilations, kernel_shape, pads) above this are
+ * rejected, so that the geometry below cannot overflow int64. */
+#define MAX_WINDOW_ATTR ((int64_t)1 << 30)
+
+/* Reads an INTS attribute of `len` entries, each in [lo, MAX_WINDOW_ATTR], into
+ * out (2-D layout: a 1-D op's value goes to the W slot). Absent: `dflt`
+ * everywhere. */
 static ad_status spatial_ints(ad_graph *g, const ad_node *n, const char *name, int sp, int64_t lo,
                               int64_t dflt, int64_t *out) {
   const int64_t *v;
@@ -52,9 +59,10 @@ static ad_status spatial_ints(ad_graph *g, const ad_node *n, const char *name, i
     return ad_fail(AD_ERR_INPUT, "%s: error: attribute %s has %d entries, expected %d",
                    ad_node_where(g, n), name, len, sp);
   for (int i = 0; i < sp; i++) {
-    if (v[i] < lo)
-      return ad_fail(AD_ERR_INPUT, "%s: error: attribute %s %s must be >= %lld",
-                     ad_node_where(g, n), name, ad_shape_str(len, v), (long long)lo);
+    if (v[i] < lo || v[i] > MAX_WINDOW_ATTR)
+      return ad_fail(AD_ERR_INPUT, "%s: error: attribute %s %s must be between %lld and %lld",
+                     ad_node_where(g, n), name, ad_shape_str(len, v), (long long)lo,
+                     (long long)MAX_WINDOW_ATTR);
     out[2 - sp + i] = v[i];
   }
   return AD_OK;
@@ -82,16 +90,20 @@ static ad_status window_read(ad_graph *g, const ad_node *n, geom *w, int ceil_mo
       return ad_fail(AD_ERR_INPUT, "%s: error: attribute pads has %d entries, expected %d",
                      ad_node_where(g, n), np, 2 * sp);
     for (int i = 0; i < 2 * sp; i++)
-      if (pads[i] < 0)
-        return ad_fail(AD_ERR_INPUT, "%s: error: negative pads %s are not supported",
-                       ad_node_where(g, n), ad_shape_str(np, pads));
+      if (pads[i] < 0 || pads[i] > MAX_WINDOW_ATTR)
+        return ad_fail(AD_ERR_INPUT, "%s: error: pads %s must be between 0 and %lld",
+                       ad_node_where(g, n), ad_shape_str(np, pads), (long long)MAX_WINDOW_ATTR);
     for (int i = 0; i < sp; i++) {
       w->pb[2 - sp + i] = pads[i];
       w->pe[2 - sp + i] = pads[sp + i];
     }
   }
   for (int i = 0; i < 2; i++) {
-    int64_t span = w->d[i] * (w->k[i] - 1) + 1; /* the dilated window */
+    int64_t span; /* the dilated window */
+    if (__builtin_mul_overflow(w->d[i], w->k[i] - 1, &span) || span > INT64_MAX / 4)
+      return ad_fail(AD_ERR_INPUT, "%s: error: the window (%lld with dilation %lld) is too large",
+                     ad_node_where(g, n), (long long)w->k[i], (long long)w->d[i]);
+    span += 1;
     if (same) {
       /* Output ceil(in / stride); the padding that needs, the odd cell at the
        * end (SAME_UPPER) or at the beginning (SAME_LOWER). */
@@ -160,7 +172,7 @@ static ad_status pool_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
   w->n = x->dims[0];
   w->c = w->m = x->rank > 1 ? x->dims[1] : 1;
   w->group = 1;
-  int global = !strcmp(n->op_type, "GlobalAveragePool") || ad_attr_int(n, "global", 0);
+  int global = !strncmp(n->op_type, "Global", 6) || ad_attr_int(n, "global", 0);
   if (global) {
     if (x->rank < 3)
       return ad_fail(AD_ERR_INPUT, "%s: error: input must have rank >= 3, got %s",
@@ -184,9 +196,6 @@ static ad_status pool_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
                    ad_node_where(g, n));
   AD_TRY(spatial_ints(g, n, "kernel_shape", w->sp, 1, 1, w->k));
   int is_max = strstr(n->op_type, "Max") != NULL;
-  if (is_max && ad_attr_int(n, "storage_order", 0) != 0)
-    return ad_fail(AD_ERR_INPUT, "%s: error: storage_order=1 is not supported",
-                   ad_node_where(g, n));
   int ceil_mode = (int)ad_attr_int(n, "ceil_mode", 0);
   AD_TRY(window_read(g, n, w, ceil_mode));
   if (!is_max) {
@@ -400,13 +409,14 @@ static ad_status lower_conv_grad_weight(ad_cg *cg, const ad_node *n) {
 
 static ad_status infer_pool(ad_graph *g, ad_node *n) {
   AD_TRY(ad_infer_need_f32(g, n, 0));
-  if (n->n_out > 1)
-    return ad_fail(AD_ERR_INPUT, "%s: error: the Indices output is not supported",
-                   ad_node_where(g, n));
   geom w;
   AD_TRY(pool_geom_read(g, n, n->in[0], &w));
   set_out(n->out[0], n->in[0], &w, w.c);
-  if (!strcmp(n->op_type, "GlobalAveragePool"))
+  if (n->n_out > 1) { /* MaxPool's Indices */
+    set_out(n->out[1], n->in[0], &w, w.c);
+    n->out[1]->dtype = AD_I64;
+  }
+  if (!strncmp(n->op_type, "Global", 6))
     for (int i = 2; i < n->in[0]->rank; i++)
       n->out[0]->dims[i] = 1;
   return AD_OK;
@@ -415,11 +425,20 @@ static ad_status infer_pool(ad_graph *g, ad_node *n) {
 static ad_status lower_pool(ad_cg *cg, const ad_node *n) {
   geom w;
   AD_TRY(pool_geom_read(ad_cg_graph(cg), n, n->in[0], &w));
-  int64_t p[15];
+  int64_t p[16];
   pool_params(&w, p);
-  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
-  ad_cg_call_kernel(cg, strcmp(n->op_type, "MaxPool") ? "ad_k_avgpool2d_fwd" : "ad_k_maxpool2d_fwd",
-                    p, 15, ptrs, 2);
+  LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0]),
+                          n->n_out > 1 ? ad_cg_ptr(cg, n->out[1]) : NULL};
+  if (n->n_out > 1) {
+    p[15] = ad_attr_int(n, "storage_order", 0);
+    ad_cg_call_kernel(cg, "ad_k_maxpool2d_idx_fwd", p, 16, ptrs, 3);
+  } else if (!strcmp(n->op_type, "LpPool")) {
+    p[15] = ad_attr_int(n, "p", 2);
+    ad_cg_call_kernel(cg, "ad_k_lppool2d_fwd", p, 16, ptrs, 2);
+  } else {
+    int max = strstr(n->op_type, "MaxPool") != NULL;
+    ad_cg_call_kernel(cg, max ? "ad_k_maxpool2d_fwd" : "ad_k_avgpool2d_fwd", p, 15, ptrs, 2);
+  }
   return AD_OK;
 }
 
@@ -427,6 +446,15 @@ static ad_status lower_pool(ad_cg *cg, const ad_node *n) {
  * x only for its shape. Both copy the forward attributes. */
 static ad_status grad_pool(ad_grad *gc, const ad_node *n) {
   ad_value *x = n->in[0], *dy = ad_grad_out(gc, n, 0);
+  if (n->n_out > 1 && ad_grad_out(gc, n, 1))
+    return ad_fail(AD_ERR_INPUT, "%s: error: no gradient through Indices",
+                   ad_node_where(ad_grad_graph(gc), n));
+  if (!strcmp(n->op_type, "GlobalMaxPool")) {
+    ad_value *args[2] = {x, dy};
+    ad_attr a = ad_attr_i("global", 1);
+    ad_grad_acc(gc, x, ad_grad_emit(gc, "MaxPoolGrad", 2, args, &a, 1));
+    return AD_OK;
+  }
   if (!strcmp(n->op_type, "MaxPool")) {
     ad_value *args[2] = {x, dy};
     ad_grad_acc(gc, x, ad_grad_emit(gc, "MaxPoolGrad", 2, args, n->attrs, n->n_attr));
@@ -497,9 +525,10 @@ static void cost_pool(const ad_node *n, double *flops, double *bytes) {
   cost_io(n, bytes);
 }
 
-#define ONNX_OP(NAME, MINI, MAXI, NOUT, INFER, GRAD, LOWER, COST)                                  \
+#define ONNX_OP(...) ONNX_OP_FROM(1, __VA_ARGS__)
+#define ONNX_OP_FROM(LO, NAME, MINI, MAXI, NOUT, INFER, GRAD, LOWER, COST)                         \
   {                                                                                                \
-    .name = NAME, .domain = "", .min_opset = 1, .max_opset = AD_OPSET_MAX, .min_in = MINI,         \
+    .name = NAME, .domain = "", .min_opset = LO, .max_opset = AD_OPSET_MAX, .min_in = MINI,        \
     .max_in = MAXI, .n_out = NOUT, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_CALL,      \
     .lower = LOWER, .cost = COST                                                                   \
   }
@@ -514,6 +543,9 @@ const ad_op ad_ops_conv[] = {
     ONNX_OP("MaxPool", 1, 1, 2, infer_pool, grad_pool, lower_pool, cost_pool),
     ONNX_OP("AveragePool", 1, 1, 1, infer_pool, grad_pool, lower_pool, cost_pool),
     ONNX_OP("GlobalAveragePool", 1, 1, 1, infer_pool, grad_pool, lower_pool, cost_pool),
+    ONNX_OP("GlobalMaxPool", 1, 1, 1, infer_pool, grad_pool, lower_pool, cost_pool),
+    /* LpPool: forward only (no gradient). LpPool-1's p is a float attribute. */
+    ONNX_OP_FROM(2, "LpPool", 1, 1, 1, infer_pool, NULL, lower_pool, cost_pool),
     INTERNAL_OP("ConvGradData", 3, infer_conv_grad_data, lower_conv_grad_data, cost_conv),
     INTERNAL_OP("ConvGradWeight", 3, infer_conv_grad_weight, lower_conv_grad_weight, cost_conv),
     INTERNAL_OP("MaxPoolGrad", 2, infer_pool_grad, lower_pool_grad, cost_pool),

@@ -1,8 +1,12 @@
 /*
- * compiler/ops/reduce.c: ReduceSum and ReduceMean over a set of axes, lowered
- * to one runtime kernel (ad_k_reduce_axes) that sums the masked axes and
- * divides (by 1 for a sum, by the count for a mean: PyTorch divides, and a
- * multiplication by 1/count would round differently).
+ * compiler/ops/reduce.c: the Reduce* family over a set of axes, ArgMax /
+ * ArgMin and Hardmax. ReduceSum and ReduceMean are lowered to one runtime
+ * kernel (ad_k_reduce_axes) that sums the masked axes and divides (by 1 for a
+ * sum, by the count for a mean: PyTorch divides, and a multiplication by
+ * 1/count would round differently); the other reductions (Max, Min, Prod,
+ * L1, L2, LogSum, LogSumExp, SumSquare) to ad_k_reduce. ReduceMax/Min have a
+ * gradient (dy shared among the tied extrema, PyTorch's amax/amin); the
+ * others have none yet (an error names the node if one is needed).
  *
  * The AD_LOWER_REDUCE_SUM kind of the core matches its output to the input
  * right-aligned, which keepdims=0 breaks (reducing axis 1 of [N, S, D] gives
@@ -90,6 +94,42 @@ static ad_status infer_reduce(ad_graph *g, ad_node *n) {
   return AD_OK;
 }
 
+/* The kernel's reduction kind of a Reduce* node. */
+static int64_t reduce_kind(const ad_node *n) {
+  static const struct {
+    const char *op;
+    int64_t kind;
+  } kinds[] = {
+      {"ReduceSum", AD_K_REDUCE_SUM},
+      {"ReduceMean", AD_K_REDUCE_MEAN},
+      {"ReduceMax", AD_K_REDUCE_MAX},
+      {"ReduceMin", AD_K_REDUCE_MIN},
+      {"ReduceProd", AD_K_REDUCE_PROD},
+      {"ReduceL1", AD_K_REDUCE_L1},
+      {"ReduceL2", AD_K_REDUCE_L2},
+      {"ReduceLogSum", AD_K_REDUCE_LOG_SUM},
+      {"ReduceLogSumExp", AD_K_REDUCE_LOG_SUM_EXP},
+      {"ReduceSumSquare", AD_K_REDUCE_SUM_SQUARE},
+      {"ReduceMinMaxGrad", AD_K_REDUCE_MAX},
+  };
+  for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+    if (!strcmp(kinds[i].op, n->op_type))
+      return kinds[i].kind;
+  AD_ASSERT(0);
+  return 0;
+}
+
+/* {rank, dims..., mask...}: the common head of the reduction kernels' parameters. */
+static int reduce_params(const ad_value *x, const int *mask, int64_t *p) {
+  int r = x->rank;
+  p[0] = r;
+  for (int i = 0; i < r; i++) {
+    p[1 + i] = x->dims[i];
+    p[1 + r + i] = mask[i];
+  }
+  return 1 + 2 * r;
+}
+
 static ad_status lower_reduce(ad_cg *cg, const ad_node *n) {
   ad_value *x = n->in[0];
   int mask[AD_MAX_RANK];
@@ -97,10 +137,15 @@ static ad_status lower_reduce(ad_cg *cg, const ad_node *n) {
   AD_TRY(reduce_mask(ad_cg_graph(cg), n, mask, &count));
   int64_t p[2 + 2 * AD_MAX_RANK];
   int r = x->rank;
-  p[0] = r;
-  for (int i = 0; i < r; i++) {
-    p[1 + i] = x->dims[i];
-    p[1 + r + i] = mask[i];
+  reduce_params(x, mask, p);
+  int64_t kind = reduce_kind(n);
+  if (kind != AD_K_REDUCE_SUM && kind != AD_K_REDUCE_MEAN) {
+    p[1 + 2 * r] = kind;
+    int64_t ny = ad_value_numel(n->out[0]);
+    LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, x), ad_cg_ptr(cg, n->out[0]),
+                            ad_cg_scratch(cg, (size_t)(ny ? ny : 1) * sizeof(double))};
+    ad_cg_call_kernel(cg, "ad_k_reduce", p, 2 + 2 * r, ptrs, 3);
+    return AD_OK;
   }
   float div = strcmp(n->op_type, "ReduceMean") || count == 0 ? 1.0f : (float)count;
   p[1 + 2 * r] = ad_k_slot(div);
@@ -137,6 +182,98 @@ static ad_status grad_reduce(ad_grad *gc, const ad_node *n) {
   return AD_OK;
 }
 
+/* ReduceMax / ReduceMin: dx = ReduceMinMaxGrad(x, y, dy) (the forward's attributes). */
+static ad_status grad_reduce_minmax(ad_grad *gc, const ad_node *n) {
+  ad_value *args[3] = {n->in[0], n->out[0], ad_grad_out(gc, n, 0)};
+  ad_grad_acc(gc, n->in[0], ad_grad_emit(gc, "ReduceMinMaxGrad", 3, args, n->attrs, n->n_attr));
+  return AD_OK;
+}
+
+static ad_status infer_minmax_grad(ad_graph *g, ad_node *n) {
+  return ad_infer_same(g, n);
+}
+
+static ad_status lower_minmax_grad(ad_cg *cg, const ad_node *n) {
+  ad_value *x = n->in[0];
+  int mask[AD_MAX_RANK];
+  int64_t count, p[2 + 2 * AD_MAX_RANK];
+  AD_TRY(reduce_mask(ad_cg_graph(cg), n, mask, &count));
+  int np = reduce_params(x, mask, p);
+  int64_t ny = ad_value_numel(n->in[1]);
+  LLVMValueRef ptrs[5] = {ad_cg_ptr(cg, x), ad_cg_ptr(cg, n->in[1]), ad_cg_ptr(cg, n->in[2]),
+                          ad_cg_ptr(cg, n->out[0]),
+                          ad_cg_scratch(cg, (size_t)(ny ? ny : 1) * sizeof(float))};
+  ad_cg_call_kernel(cg, "ad_k_reduce_minmax_bwd", p, np, ptrs, 5);
+  return AD_OK;
+}
+
+/* ---- ArgMax, ArgMin, Hardmax: one axis, x viewed as [outer, n, inner] ---- */
+
+static ad_status axis_view(ad_graph *g, const ad_node *n, int64_t dflt, int flatten, int64_t *p,
+                           int *axis) {
+  const ad_value *x = n->in[0];
+  int64_t a = ad_attr_int(n, "axis", dflt);
+  if (a < -x->rank || a >= x->rank)
+    return ad_fail(AD_ERR_INPUT, "%s: error: axis %lld is out of range for rank %d",
+                   ad_node_where(g, n), (long long)a, x->rank);
+  *axis = (int)(a < 0 ? a + x->rank : a);
+  p[0] = p[1] = p[2] = 1;
+  for (int i = 0; i < x->rank; i++)
+    p[i < *axis ? 0 : i == *axis || flatten ? 1 : 2] *= x->dims[i];
+  return AD_OK;
+}
+
+static ad_status infer_arg(ad_graph *g, ad_node *n) {
+  AD_TRY(ad_infer_need_f32(g, n, 0));
+  int64_t p[3];
+  int axis;
+  AD_TRY(axis_view(g, n, 0, 0, p, &axis));
+  ad_value *x = n->in[0], *y = n->out[0];
+  int keep = (int)ad_attr_int(n, "keepdims", 1);
+  y->dtype = AD_I64;
+  y->rank = 0;
+  for (int i = 0; i < x->rank; i++)
+    if (i != axis)
+      y->dims[y->rank++] = x->dims[i];
+    else if (keep)
+      y->dims[y->rank++] = 1;
+  return AD_OK;
+}
+
+static ad_status lower_arg(ad_cg *cg, const ad_node *n) {
+  int64_t p[5];
+  int axis;
+  AD_TRY(axis_view(ad_cg_graph(cg), n, 0, 0, p, &axis));
+  p[3] = !strcmp(n->op_type, "ArgMin");
+  p[4] = ad_attr_int(n, "select_last_index", 0);
+  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
+  ad_cg_call_kernel(cg, "ad_k_argmax", p, 5, ptrs, 2);
+  return AD_OK;
+}
+
+/* Hardmax before opset 13 flattens x to 2-D at axis (default 1); from 13 it
+ * works along one axis (default -1). */
+static ad_status hardmax_view(ad_graph *g, const ad_node *n, int64_t *p) {
+  int axis;
+  int old = n->op->min_opset < 13;
+  return axis_view(g, n, old ? 1 : -1, old, p, &axis);
+}
+
+static ad_status infer_hardmax(ad_graph *g, ad_node *n) {
+  AD_TRY(ad_infer_need_f32(g, n, 0));
+  int64_t p[3];
+  AD_TRY(hardmax_view(g, n, p));
+  return ad_infer_same(g, n);
+}
+
+static ad_status lower_hardmax(ad_cg *cg, const ad_node *n) {
+  int64_t p[3];
+  AD_TRY(hardmax_view(ad_cg_graph(cg), n, p));
+  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
+  ad_cg_call_kernel(cg, "ad_k_hardmax", p, 3, ptrs, 2);
+  return AD_OK;
+}
+
 /* One add per input element, reading the input and writing the output. */
 static void cost_reduce(const ad_node *n, double *flops, double *bytes) {
   *flops = (double)ad_value_numel(n->in[0]);
@@ -150,10 +287,44 @@ static void cost_reduce(const ad_node *n, double *flops, double *bytes) {
     .lower = lower_reduce, .cost = cost_reduce                                                     \
   }
 
+#define REDUCE_NG(NAME, GRAD)                                                                      \
+  {                                                                                                \
+    .name = NAME, .domain = "", .min_opset = 1, .max_opset = AD_OPSET_MAX, .min_in = 1,            \
+    .max_in = 1, .n_out = 1, .infer = infer_reduce, .grad = GRAD, .lower_kind = AD_LOWER_CALL,     \
+    .lower = lower_reduce, .cost = cost_reduce                                                     \
+  }
+#define AXIS_OP(NAME, LO, HI, INFER, LOWER)                                                        \
+  {                                                                                                \
+    .name = NAME, .domain = "", .min_opset = LO, .max_opset = HI, .min_in = 1, .max_in = 1,        \
+    .n_out = 1, .infer = INFER, .lower_kind = AD_LOWER_CALL, .lower = LOWER, .cost = cost_reduce   \
+  }
+
 const ad_op ad_ops_reduce[] = {
     REDUCE("ReduceSum", 1, 12, 1),
     REDUCE("ReduceSum", 13, AD_OPSET_MAX, 2),
     /* Opset 18 moves ReduceMean's axes to an input, beyond AD_OPSET_MAX. */
     REDUCE("ReduceMean", 1, AD_OPSET_MAX, 1),
+    /* The others keep their axes attribute up to opset 17. */
+    REDUCE_NG("ReduceMax", grad_reduce_minmax),
+    REDUCE_NG("ReduceMin", grad_reduce_minmax),
+    REDUCE_NG("ReduceProd", NULL),
+    REDUCE_NG("ReduceL1", NULL),
+    REDUCE_NG("ReduceL2", NULL),
+    REDUCE_NG("ReduceLogSum", NULL),
+    REDUCE_NG("ReduceLogSumExp", NULL),
+    REDUCE_NG("ReduceSumSquare", NULL),
+    AXIS_OP("ArgMax", 1, AD_OPSET_MAX, infer_arg, lower_arg),
+    AXIS_OP("ArgMin", 1, AD_OPSET_MAX, infer_arg, lower_arg),
+    AXIS_OP("Hardmax", 1, 12, infer_hardmax, lower_hardmax),
+    AXIS_OP("Hardmax", 13, AD_OPSET_MAX, infer_hardmax, lower_hardmax),
+    {.name = "ReduceMinMaxGrad",
+     .domain = "ad",
+     .min_in = 3,
+     .max_in = 3,
+     .n_out = 1,
+     .infer = infer_minmax_grad,
+     .lower_kind = AD_LOWER_CALL,
+     .lower = lower_minmax_grad,
+     .cost = cost_reduce},
     {0},
 };

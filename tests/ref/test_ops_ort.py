@@ -235,12 +235,8 @@ def error_cases():
         (Case("pad_reflect", "Pad", 13, {"x": x}, {"pads": np.zeros(8, np.int64)},
               attrs={"mode": "reflect"}),
          "mode 'reflect' is not supported (only 'constant')"),
-        (Case("maxpool_storage", "MaxPool", 13, {"x": x},
-              attrs={"kernel_shape": [2, 2], "storage_order": 1}),
-         "storage_order=1 is not supported"),
-        (Case("maxpool_indices", "MaxPool", 13, {"x": x}, attrs={"kernel_shape": [2, 2]},
-              n_out=2),
-         "the Indices output is not supported"),
+        # MaxPool's Indices output and storage_order=1 are supported now
+        # (checked against onnxruntime in test_norm_ops.py).
         (Case("conv3d", "Conv", 13, {"x": rand(1, 2, 4, 4, 4)}, {"w": rand(3, 2, 2, 2, 2)}),
          "3-D convolution is not supported (input [1, 2, 4, 4, 4])"),
         (Case("reshape_dynamic", "Reshape", 13,

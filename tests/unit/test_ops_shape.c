@@ -362,11 +362,13 @@ static void test_pool(void) {
   EXPECT_SHAPE(add(g, "MaxPool", 1, &x, 1, at, 3, &y), y, 1, 3, 16, 16);
   at[2] = ATTR_INTS("dilations", 2, 2);
   EXPECT_SHAPE(add(g, "MaxPool", 1, &x, 1, at, 3, &y), y, 1, 3, 14, 14);
+  /* storage_order sets the layout of the optional int64 Indices output only. */
   at[2] = ad_attr_i("storage_order", 1);
-  EXPECT_ERROR(add(g, "MaxPool", 1, &x, 1, at, 3, &y),
-               "test.onnx: node 'n' (MaxPool): error: storage_order=1 is not supported");
-  EXPECT_ERROR(add(g, "MaxPool", 1, &x, 2, at, 2, &y),
-               "test.onnx: node 'n' (MaxPool): error: the Indices output is not supported");
+  EXPECT_SHAPE(add(g, "MaxPool", 1, &x, 1, at, 3, &y), y, 1, 3, 15, 15);
+  EXPECT_SHAPE(add(g, "MaxPool", 1, &x, 2, at, 3, &y), y, 1, 3, 15, 15);
+  CHECK(y->producer->out[1]->dtype == AD_I64 && y->producer->out[1]->rank == 4 &&
+            y->producer->out[1]->dims[3] == 15,
+        "MaxPool Indices: int64 [1, 3, 15, 15]");
   EXPECT_ERROR(add(g, "MaxPool", 1, &x, 1, at + 1, 1, &y),
                "test.onnx: node 'n' (MaxPool): error: attribute kernel_shape is required");
   at[2] = ATTR_INTS("pads", 1, 1, 1, 1);
