@@ -20,13 +20,28 @@
 #include <unistd.h>
 
 static const char infer_usage[] =
-    "usage: autodist infer MODEL.onnx --data NAME=FILE.npy... --out NAME=FILE.npy...\n";
+    "usage: autodist infer MODEL.onnx --data NAME=FILE.npy... --out NAME=FILE.npy...\n"
+    "  --data  feeds input NAME; data for an input that the model reads as a constant\n"
+    "          (a Reshape's shape, a Slice's starts, ...) is bound at compile time\n";
 
 #define MAX_IO 32
 
 typedef struct {
   const char *name, *file;
 } binding;
+
+/* Loads the model for `batch` with the data of constant-only inputs bound. */
+static ad_status load_model(const char *model, int64_t batch, int n_bind, ad_onnx_binding *bind,
+                            ad_graph **g) {
+  char *bytes;
+  size_t len;
+  AD_TRY(ad_file_read(model, &bytes, &len));
+  for (int i = 0; i < n_bind; i++)
+    bind[i].bound = 0;
+  ad_status st = ad_onnx_load_bound(model, bytes, len, batch, n_bind, bind, g);
+  free(bytes);
+  return st;
+}
 
 static ad_status parse_binding(const char *flag, const char *arg, binding *b) {
   const char *eq = arg ? strchr(arg, '=') : NULL;
@@ -74,6 +89,19 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   /* Which inputs have a batch axis (a symbolic dim 0) decides how the data is
    * split: a first load at batch 1 tells, then the model is loaded again for
    * the chunk size. Inputs without a batch axis must match exactly. */
+  ad_onnx_binding bind[MAX_IO];
+  memset(bind, 0, sizeof bind);
+  for (int i = 0; i < n_data && st == AD_OK; i++) {
+    const char *dt = arrays[i].dtype;
+    bind[i].name = data[i].name;
+    bind[i].dtype = !strcmp(dt, "float32") ? AD_F32
+                    : !strcmp(dt, "int64") ? AD_I64
+                    : !strcmp(dt, "uint8") ? AD_U8
+                                           : AD_BOOL;
+    bind[i].rank = arrays[i].rank;
+    memcpy(bind[i].dims, arrays[i].dims, sizeof(int64_t) * (size_t)arrays[i].rank);
+    bind[i].data = arrays[i].data;
+  }
   ad_graph *g = NULL;
   ad_program *p = NULL;
   ad_jit *jit = NULL;
@@ -82,8 +110,10 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   void **out_data = ad_xcalloc(MAX_IO, sizeof(void *));
   int64_t N = 1, chunk = 1;
   if (st == AD_OK)
-    st = ad_onnx_load(model, 1, &g);
+    st = load_model(model, 1, n_data, bind, &g);
   for (int i = 0; i < n_data && st == AD_OK; i++) {
+    if (bind[i].bound)
+      continue;
     for (int k = 0; k < g->inputs.len; k++)
       if (!strcmp(g->inputs.data[k]->name, data[i].name))
         in_vals[i] = g->inputs.data[k];
@@ -93,7 +123,7 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   }
   int first_batched = -1;
   for (int i = 0; i < n_data && st == AD_OK; i++) {
-    if (!in_vals[i]->batched)
+    if (bind[i].bound || !in_vals[i]->batched)
       continue;
     if (arrays[i].rank < 1)
       st = ad_fail(AD_ERR_INPUT, "%s: error: input '%s' needs a batch axis, got a scalar",
@@ -113,7 +143,7 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     ad_graph_destroy(g);
     g = NULL;
     memset(in_vals, 0, sizeof in_vals);
-    st = ad_onnx_load(model, chunk, &g);
+    st = load_model(model, chunk, n_data, bind, &g);
     for (int i = 0; i < n_data && st == AD_OK; i++)
       for (int k = 0; k < g->inputs.len; k++)
         if (!strcmp(g->inputs.data[k]->name, data[i].name))
@@ -121,6 +151,8 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   }
   for (int i = 0; i < n_data && st == AD_OK; i++) {
     ad_value *v = in_vals[i];
+    if (bind[i].bound)
+      continue;
     if (v->dtype == AD_I32 && !strcmp(arrays[i].dtype, "int64"))
       st = ad_npy_narrow_int32(data[i].file, &arrays[i]);
     if (st != AD_OK)
@@ -186,7 +218,7 @@ ad_status ad_cmd_infer(int argc, char **argv) {
         memcpy(mem + p->offset[v->id], v->data, ad_value_bytes(v));
     }
     for (int i = 0; i < n_data; i++)
-      if (!in_vals[i]->batched)
+      if (!bind[i].bound && !in_vals[i]->batched)
         memcpy(mem + p->offset[in_vals[i]->id], arrays[i].data, ad_value_bytes(in_vals[i]));
     /* One chunk: outputs are written whole; several: row by row. */
     for (int i = 0; i < n_out; i++)
@@ -194,7 +226,7 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     for (int64_t c = 0; c < n_chunks; c++) {
       int64_t s = c * chunk;
       for (int i = 0; i < n_data; i++) {
-        if (!in_vals[i]->batched)
+        if (bind[i].bound || !in_vals[i]->batched)
           continue;
         size_t row = ad_value_bytes(in_vals[i]) / (size_t)chunk;
         for (int64_t r = 0; r < chunk; r++) {
@@ -209,13 +241,15 @@ ad_status ad_cmd_infer(int argc, char **argv) {
         while (r->kind == AD_VAL_ACT && r->producer->op->lower_kind == AD_LOWER_ALIAS)
           r = r->producer->in[0];
         size_t bytes = ad_value_bytes(out_vals[i]);
+        /* A folded output is a constant: its bytes are in the graph. */
+        const char *src = r->kind == AD_VAL_CONST ? r->data : mem + p->offset[r->id];
         if (n_chunks == 1) {
-          memcpy(out_data[i], mem + p->offset[r->id], bytes);
+          memcpy(out_data[i], src, bytes);
           continue;
         }
         size_t row = bytes / (size_t)chunk;
         int64_t n = N - s < chunk ? N - s : chunk;
-        memcpy((char *)out_data[i] + (size_t)s * row, mem + p->offset[r->id], (size_t)n * row);
+        memcpy((char *)out_data[i] + (size_t)s * row, src, (size_t)n * row);
       }
     }
     for (int i = 0; i < n_out && st == AD_OK; i++) {

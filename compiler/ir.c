@@ -99,9 +99,14 @@ ad_status ad_node_add(ad_graph *g, const char *name, const char *op_type, int n_
   if (!op)
     op = ad_op_find(op_type, "ad", 0);
   if (!op) {
-    if (ad_op_known(op_type, ""))
-      return ad_fail(AD_ERR_INPUT, "%s: node '%s' (%s): error: op not supported at opset %d",
-                     g->source, n->name, op_type, g->opset);
+    if (ad_op_known(op_type, "")) {
+      char ranges[128];
+      ad_op_opsets(op_type, "", ranges, sizeof ranges);
+      return ad_fail(AD_ERR_INPUT,
+                     "%s: node '%s' (%s): error: op %s is supported at opsets %s, the model "
+                     "imports %d",
+                     g->source, n->name, op_type, op_type, ranges, g->opset);
+    }
     return ad_fail(AD_ERR_INPUT, "%s: node '%s' (%s): error: op not supported", g->source,
                    n->name, op_type);
   }
@@ -110,6 +115,10 @@ ad_status ad_node_add(ad_graph *g, const char *name, const char *op_type, int n_
   if (n_in < op->min_in || n_in > op->max_in)
     return ad_fail(AD_ERR_INPUT, "%s: error: expects %d to %d inputs, got %d", ad_node_where(g, n),
                    op->min_in, op->max_in, n_in);
+  for (int i = 0; i < op->min_in; i++)
+    if (!in[i])
+      return ad_fail(AD_ERR_INPUT, "%s: error: input %d is required but omitted",
+                     ad_node_where(g, n), i);
   if (n_out < 1)
     n_out = op->n_out;
   if (n_out > op->n_out)
@@ -143,6 +152,18 @@ ad_status ad_node_add(ad_graph *g, const char *name, const char *op_type, int n_
     n->out[i]->producer = n;
   }
   AD_TRY(op->infer(g, n));
+  /* Every value's element count stays far from int64 overflow (as the loader
+   * requires of initializers), so byte sizes and products of dims are exact. */
+  for (int i = 0; i < n_out; i++) {
+    const ad_value *o = n->out[i];
+    int64_t numel = 1;
+    for (int a = 0; a < o->rank; a++) {
+      if (o->dims[a] < 0 || (o->dims[a] && numel > (INT64_MAX >> 4) / o->dims[a]))
+        return ad_fail(AD_ERR_INPUT, "%s: error: output shape %s is invalid or too large",
+                       ad_node_where(g, n), ad_shape_str(o->rank, o->dims));
+      numel *= o->dims[a];
+    }
+  }
   /* An activation is batched when any input is: the batch flows through. */
   bool batched = false;
   for (int i = 0; i < n_in; i++)

@@ -4,7 +4,8 @@
  * The protobuf is parsed by the protobuf-c code generated at build time from
  * the system onnx.proto; this file only walks the parsed message, in the order
  * the ONNX spec defines it:
- *   1. the opset imports (the default domain must be at 11-17),
+ *   1. the opset imports (the default domain must be at 1-17; each node's op
+ *      must then have a registry entry at that opset),
  *   2. initializers (PARAM, or CONST for integers and for floats that feed only
  *      attribute-like inputs such as Reshape's shape or Clip's bounds; a
  *      BatchNormalization's running statistics are frozen PARAMs),
@@ -12,7 +13,8 @@
  *      the batch),
  *   4. nodes in their (topological) order: Constant nodes become CONST values,
  *      every other node goes through the op registry and ad_node_add, which runs
- *      shape inference,
+ *      shape inference; a node whose constant slot (Reshape's shape) is
+ *      computed waits until its level of such values is folded (fold.h),
  *   5. graph outputs.
  * Names are resolved through a hash table local to the load (ad_graph_find is
  * a linear scan, fine for passes but quadratic over a whole model). Every
@@ -20,6 +22,7 @@
  */
 #include "onnx_load.h"
 
+#include "fold.h"
 #include "onnx.pb-c.h"
 #include "op.h"
 
@@ -27,8 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define OPSET_MIN 11
-#define OPSET_MAX 17
+#define OPSET_MIN AD_OPSET_MIN
+#define OPSET_MAX AD_OPSET_MAX
 
 /* Optional proto2 strings are NULL when absent. */
 static const char *str(const char *s) {
@@ -47,6 +50,8 @@ typedef struct loader {
   ad_graph *g;
   const Onnx__GraphProto *gp;
   int64_t batch;
+  int n_bind; /* infer's data bound as constants (ad_onnx_load_bound) */
+  ad_onnx_binding *bind;
   slot *tab;
   size_t cap, len;
 } loader;
@@ -162,48 +167,43 @@ static ad_status tensor_to_value(loader *ld, const Onnx__TensorProto *t, const c
   }
   ad_value *v = ad_value_new(ld->g, name, dt, (int)t->n_dims, t->dims, kind);
   size_t bytes = ad_value_bytes(v);
-  v->data = ad_arena_alloc(ld->g->arena, bytes);
+  /* The values present decide before anything is allocated: the shape alone
+   * may claim any size. */
   size_t have; /* elements present in the file */
   if (t->has_raw_data) {
     if (t->raw_data.len != bytes)
       return ad_fail(AD_ERR_INPUT,
                      "%s: %s: error: raw_data has %zu bytes, shape %s of %s needs %zu", path, what,
                      t->raw_data.len, ad_shape_str(v->rank, v->dims), ad_dtype_name(dt), bytes);
-    if (bytes)
-      memcpy(v->data, t->raw_data.data, bytes);
     have = (size_t)numel;
+  } else if (dt == AD_F32) {
+    have = t->n_float_data;
+  } else if (dt == AD_I64) {
+    have = t->n_int64_data;
   } else {
-    switch (dt) {
-    case AD_F32:
-      have = t->n_float_data;
-      if (have == (size_t)numel && have)
-        memcpy(v->data, t->float_data, bytes);
-      break;
-    case AD_I64:
-      have = t->n_int64_data;
-      if (have == (size_t)numel && have)
-        memcpy(v->data, t->int64_data, bytes);
-      break;
-    case AD_I32:
-      have = t->n_int32_data;
-      if (have == (size_t)numel && have)
-        memcpy(v->data, t->int32_data, bytes);
-      break;
-    case AD_U8:
-    case AD_BOOL:
-      have = t->n_int32_data;
-      if (have == (size_t)numel)
-        for (size_t i = 0; i < have; i++)
-          ((uint8_t *)v->data)[i] =
-              (uint8_t)(dt == AD_BOOL ? t->int32_data[i] != 0 : t->int32_data[i]);
-      break;
-    default:
-      AD_ASSERT(0);
-    }
+    AD_ASSERT(dt == AD_I32 || dt == AD_U8 || dt == AD_BOOL);
+    have = t->n_int32_data;
   }
   if (have != (size_t)numel)
     return ad_fail(AD_ERR_INPUT, "%s: %s: error: has %zu values, shape %s needs %lld", path, what,
                    have, ad_shape_str(v->rank, v->dims), (long long)numel);
+  v->data = ad_arena_alloc(ld->g->arena, bytes);
+  if (t->has_raw_data) {
+    if (bytes)
+      memcpy(v->data, t->raw_data.data, bytes);
+  } else if (dt == AD_F32) {
+    if (have)
+      memcpy(v->data, t->float_data, bytes);
+  } else if (dt == AD_I64) {
+    if (have)
+      memcpy(v->data, t->int64_data, bytes);
+  } else if (dt == AD_I32) {
+    if (have)
+      memcpy(v->data, t->int32_data, bytes);
+  } else {
+    for (size_t i = 0; i < have; i++)
+      ((uint8_t *)v->data)[i] = (uint8_t)(dt == AD_BOOL ? t->int32_data[i] != 0 : t->int32_data[i]);
+  }
   *out = v;
   return AD_OK;
 }
@@ -215,7 +215,8 @@ static ad_status tensor_to_value(loader *ld, const Onnx__TensorProto *t, const c
  * bounds, ratios. A float initializer read only through these is a constant,
  * not a weight (Clip's min/max of an exported ReLU6 must not be trained).
  * BatchNormalization's running mean and variance are state that the op, not
- * the optimizer, updates: they stay initializers but are frozen.
+ * the optimizer, updates: they stay initializers but are frozen (training
+ * updates them in place and saves them: ad_norm_prepare_training, ops/norm.c).
  */
 static const struct {
   const char *op;
@@ -225,7 +226,7 @@ static const struct {
     {"Expand", 1u << 1, 0},
     {"Tile", 1u << 1, 0},
     {"Slice", 0x1eu, 0},
-    {"Pad", 0x6u, 0},
+    {"Pad", 0xeu, 0},
     {"Resize", 0xeu, 0},
     {"Upsample", 1u << 1, 0},
     {"Clip", 0x6u, 0},
@@ -248,6 +249,7 @@ static const struct {
     {"Dropout", 0x6u, 0},
     {"CumSum", 1u << 1, 0},
     {"Gather", 1u << 1, 0},
+    {"Trilu", 1u << 1, 0},
     {"BatchNormalization", 0, 0x18u},
 };
 
@@ -322,6 +324,98 @@ static ad_status load_initializers(loader *ld) {
 
 /* ---- graph inputs ---- */
 
+/* The binding for a graph input whose value some node needs as a constant:
+ * read through a slot that must be constant (attr_inputs), directly or
+ * through nodes that compute that slot (not through Shape or Size, which
+ * read only static dims), or NULL. Only `autodist infer` binds inputs. */
+static ad_onnx_binding *find_binding(const loader *ld, const char *name) {
+  ad_onnx_binding *b = NULL;
+  for (int i = 0; i < ld->n_bind && !b; i++)
+    if (!strcmp(ld->bind[i].name, name))
+      b = &ld->bind[i];
+  if (!b)
+    return NULL;
+  const Onnx__GraphProto *gp = ld->gp;
+  /* Values needed as constants, found backwards from the constant slots:
+   * `need` holds names (graph-arena strings are not needed: proto strings
+   * live until the load ends). */
+  loader prod = {0}; /* output name -> node index + 1 */
+  for (size_t i = 0; i < gp->n_node; i++)
+    for (size_t k = 0; k < gp->node[i]->n_output; k++)
+      if (*gp->node[i]->output[k])
+        map_put(&prod, gp->node[i]->output[k], (ad_value *)(uintptr_t)(i + 1));
+  AD_VEC(const char *) need = {0};
+  for (size_t i = 0; i < gp->n_node; i++) {
+    const Onnx__NodeProto *n = gp->node[i];
+    /* Gather's indices are in attr_inputs only so that index initializers
+     * are not trained; fed indices are data. */
+    for (size_t j = 0; j < n->n_input; j++)
+      if (*n->input[j] && use_kind(str(n->op_type), j) == USE_CONST &&
+          strcmp(str(n->op_type), "Gather"))
+        AD_VEC_PUSH(need, n->input[j]);
+  }
+  unsigned char *seen = ad_xcalloc(gp->n_node + 1, 1);
+  int found = 0;
+  for (int q = 0; q < need.len && !found; q++) {
+    const char *v = need.data[q];
+    if (!strcmp(v, name)) {
+      found = 1;
+      break;
+    }
+    uintptr_t k = (uintptr_t)map_get(&prod, v);
+    if (!k || seen[k - 1])
+      continue;
+    seen[k - 1] = 1;
+    const Onnx__NodeProto *n = gp->node[k - 1];
+    const char *op = str(n->op_type);
+    if (!strcmp(op, "Shape") || !strcmp(op, "Size"))
+      continue;
+    for (size_t j = 0; j < n->n_input; j++)
+      if (*n->input[j])
+        AD_VEC_PUSH(need, n->input[j]);
+  }
+  free(seen);
+  free(need.data);
+  free(prod.tab);
+  return found ? b : NULL;
+}
+
+/* A bound input becomes a CONST holding the given data, which must match the
+ * declared dtype and the declared dims (a dynamic one takes the data's). */
+static ad_status bind_input(loader *ld, ad_onnx_binding *b, const char *name, ad_dtype dt, int rank,
+                            const int64_t *dims, bool batched) {
+  int narrow = b->dtype == AD_I64 && dt == AD_I32; /* .npy integers load as int64 */
+  int ok = (b->dtype == dt || narrow) && b->rank == rank;
+  for (int a = 0; ok && a < rank; a++)
+    ok = b->dims[a] == dims[a] || (a == 0 && batched);
+  if (!ok)
+    return ad_fail(AD_ERR_INPUT, "%s: error: data for input '%s' is %s %s, the model declares %s",
+                   ld->path, name, ad_dtype_name(b->dtype), ad_shape_str(b->rank, b->dims),
+                   ad_dtype_name(dt));
+  if (narrow) {
+    int64_t m = 1;
+    for (int i = 0; i < rank; i++)
+      m *= b->dims[i];
+    for (int64_t i = 0; i < m; i++) {
+      int64_t e = ((const int64_t *)b->data)[i];
+      if (e < INT32_MIN || e > INT32_MAX)
+        return ad_fail(AD_ERR_INPUT,
+                       "%s: error: data for int32 input '%s' holds %lld, out of range", ld->path,
+                       name, (long long)e);
+    }
+  }
+  ad_value *v = ad_value_new(ld->g, name, dt, rank, b->dims, AD_VAL_CONST);
+  size_t bytes = ad_value_bytes(v);
+  v->data = ad_arena_alloc(ld->g->arena, bytes ? bytes : 1);
+  for (int64_t i = 0; narrow && i < ad_value_numel(v); i++)
+    ((int32_t *)v->data)[i] = (int32_t)((const int64_t *)b->data)[i];
+  if (bytes && !narrow)
+    memcpy(v->data, b->data, bytes);
+  b->bound = 1;
+  map_put(ld, v->name, v);
+  return AD_OK;
+}
+
 static ad_status load_inputs(loader *ld) {
   const Onnx__GraphProto *gp = ld->gp;
   for (size_t i = 0; i < gp->n_input; i++) {
@@ -372,6 +466,18 @@ static ad_status load_inputs(loader *ld) {
                        "0, the batch, may be dynamic)",
                        ld->path, name, sym, a);
       }
+    }
+    int64_t numel = 1;
+    for (int a = 0; a < rank; a++) {
+      if (dims[a] && numel > (INT64_MAX >> 4) / dims[a])
+        return ad_fail(AD_ERR_INPUT, "%s: error: input '%s' is too large (%s)", ld->path, name,
+                       ad_shape_str(rank, dims));
+      numel *= dims[a];
+    }
+    ad_onnx_binding *b = find_binding(ld, name);
+    if (b) {
+      AD_TRY(bind_input(ld, b, name, dt, rank, dims, batched));
+      continue;
     }
     ad_value *v = ad_value_new(ld->g, name, dt, rank, dims, AD_VAL_INPUT);
     v->batched = batched;
@@ -563,8 +669,8 @@ static ad_status load_node(loader *ld, const Onnx__ModelProto *m, size_t index) 
                      np->domain);
     return ad_fail(AD_ERR_INPUT,
                    "%s: error: opset %lld of domain '%s' is not supported (autodist "
-                   "supports %d-%d)",
-                   ld->path, (long long)v, np->domain, OPSET_MIN, OPSET_MAX);
+                   "supports the default domain 'ai.onnx' only)",
+                   ld->path, (long long)v, np->domain);
   }
 
   for (size_t k = 0; k < np->n_output; k++)
@@ -583,8 +689,12 @@ static ad_status load_node(loader *ld, const Onnx__ModelProto *m, size_t index) 
 
   if (!ad_op_known(op_type, ""))
     return ad_fail(AD_ERR_INPUT, "%s: error: op not supported", where);
-  if (!ad_op_find(op_type, "", g->opset))
-    return ad_fail(AD_ERR_INPUT, "%s: error: op not supported at opset %d", where, g->opset);
+  if (!ad_op_find(op_type, "", g->opset)) {
+    char ranges[128];
+    ad_op_opsets(op_type, "", ranges, sizeof ranges);
+    return ad_fail(AD_ERR_INPUT, "%s: error: op %s is supported at opsets %s, the model imports %d",
+                   where, op_type, ranges, g->opset);
+  }
 
   /* Omitted optional inputs are empty names; trailing ones are dropped. */
   int n_in = (int)np->n_input;
@@ -602,6 +712,16 @@ static ad_status load_node(loader *ld, const Onnx__ModelProto *m, size_t index) 
                      where, np->input[k]);
   }
 
+  /* A computed input the op needs as a constant (its shape, axes...) is
+   * folded now, with its cone, so that shape inference sees its values. */
+  ad_value *need[32];
+  int n_need = 0;
+  for (int k = 0; k < n_in && k < 32; k++)
+    if (in[k] && in[k]->kind == AD_VAL_ACT && use_kind(op_type, (size_t)k) == USE_CONST)
+      need[n_need++] = in[k];
+  if (n_need)
+    AD_TRY(ad_fold_values(g, n_need, need));
+
   ad_attr *attrs = ad_arena_alloc(g->arena, sizeof(ad_attr) * (np->n_attribute + 1));
   for (size_t k = 0; k < np->n_attribute; k++)
     AD_TRY(convert_attr(ld, where, node_name, np->attribute[k], &attrs[k]));
@@ -614,6 +734,9 @@ static ad_status load_node(loader *ld, const Onnx__ModelProto *m, size_t index) 
   ad_node *node;
   AD_TRY(ad_node_add(g, node_name, op_type, n_in, in, n_out, attrs, (int)np->n_attribute, &node));
   AD_ASSERT(node->n_out == n_out);
+  /* Shape and Size read only static dims: constant at once (and unbatched). */
+  if (!strcmp(op_type, "Shape") || !strcmp(op_type, "Size"))
+    AD_TRY(ad_fold_value(g, node->out[0]));
   for (int k = 0; k < n_out; k++) {
     if (!*np->output[k])
       continue; /* an omitted optional output keeps its generated name */
@@ -621,6 +744,84 @@ static ad_status load_node(loader *ld, const Onnx__ModelProto *m, size_t index) 
     map_put(ld, node->out[k]->name, node->out[k]);
   }
   return AD_OK;
+}
+
+/*
+ * Whether node i must wait: 1 when an input is not defined yet because its
+ * producer, an earlier node, waits (`prod` maps output names to node index +
+ * 1; an input defined by no earlier node is load_node's error), 2 when a
+ * constant slot (Reshape's shape ...) reads a computed value that folding can
+ * make constant; such values are appended to `need`.
+ */
+static int node_waits(loader *ld, const loader *prod, size_t i, ad_value ***need, int *n_need,
+                      int *cap) {
+  const Onnx__NodeProto *np = ld->gp->node[i];
+  const char *op_type = str(np->op_type);
+  int w = 0;
+  for (size_t k = 0; k < np->n_input; k++) {
+    if (!*np->input[k])
+      continue;
+    ad_value *v = map_get(ld, np->input[k]);
+    if (!v) {
+      uintptr_t p = (uintptr_t)map_get(prod, np->input[k]);
+      if (p && p - 1 < i)
+        return 1;
+      return 0;
+    }
+    if (v->kind == AD_VAL_ACT && use_kind(op_type, k) == USE_CONST && ad_fold_is_const(ld->g, v)) {
+      if (*n_need == *cap) {
+        *cap = *cap ? 2 * *cap : 16;
+        *need = ad_xrealloc(*need, sizeof(ad_value *) * (size_t)*cap);
+      }
+      (*need)[(*n_need)++] = v;
+      w = 2;
+    }
+  }
+  return w;
+}
+
+/*
+ * Nodes load in model order, except that a node whose constant slot reads a
+ * computed value waits: loading goes on with the nodes that do not depend on
+ * it, and then every value waited for is folded in one JIT run
+ * (compiler/fold.h). A model costs one run per level of shape computations
+ * (a transformer layer's Q, K and V reshapes share one), not one per node.
+ * The IR stays in topological order: a node loads once its inputs exist.
+ */
+static ad_status load_nodes(loader *ld, const Onnx__ModelProto *m) {
+  size_t np = ld->gp->n_node;
+  size_t *pending = ad_xmalloc(sizeof(size_t) * (np + 1));
+  loader prod = {0};
+  for (size_t i = 0; i < np; i++) {
+    pending[i] = i;
+    const Onnx__NodeProto *n = ld->gp->node[i];
+    for (size_t k = 0; k < n->n_output; k++)
+      if (*n->output[k] && !map_get(&prod, n->output[k]))
+        map_put(&prod, n->output[k], (ad_value *)(uintptr_t)(i + 1));
+  }
+  ad_status st = AD_OK;
+  while (np && st == AD_OK) {
+    ad_value **need = NULL;
+    int n_need = 0, cap = 0, progressed = 0;
+    size_t keep = 0;
+    for (size_t j = 0; j < np && st == AD_OK; j++) {
+      if (node_waits(ld, &prod, pending[j], &need, &n_need, &cap)) {
+        pending[keep++] = pending[j];
+        continue;
+      }
+      st = load_node(ld, m, pending[j]);
+      progressed = 1;
+    }
+    np = keep;
+    if (st == AD_OK && n_need)
+      st = ad_fold_values(ld->g, n_need, need);
+    else if (st == AD_OK && np && !progressed)
+      st = load_node(ld, m, pending[0]); /* an input nothing defines: its error */
+    free(need);
+  }
+  free(prod.tab);
+  free(pending);
+  return st;
 }
 
 /* ---- model ---- */
@@ -657,8 +858,7 @@ static ad_status load_model(loader *ld, const Onnx__ModelProto *m) {
     return ad_fail(AD_ERR_INPUT, "%s: error: sparse initializers are not supported", ld->path);
   AD_TRY(load_initializers(ld));
   AD_TRY(load_inputs(ld));
-  for (size_t i = 0; i < ld->gp->n_node; i++)
-    AD_TRY(load_node(ld, m, i));
+  AD_TRY(load_nodes(ld, m));
   for (size_t i = 0; i < ld->gp->n_output; i++) {
     const char *name = ld->gp->output[i]->name ? ld->gp->output[i]->name : "";
     ad_value *v = map_get(ld, name);
@@ -669,17 +869,22 @@ static ad_status load_model(loader *ld, const Onnx__ModelProto *m) {
   }
   if (!ld->g->outputs.len)
     return ad_fail(AD_ERR_INPUT, "%s: error: the graph has no outputs", ld->path);
-  return AD_OK;
+  return ad_fold_graph(ld->g);
 }
 
 ad_status ad_onnx_load_buffer(const char *path, const void *data, size_t len, int64_t batch,
                               ad_graph **out) {
+  return ad_onnx_load_bound(path, data, len, batch, 0, NULL, out);
+}
+
+ad_status ad_onnx_load_bound(const char *path, const void *data, size_t len, int64_t batch,
+                             int n_bind, ad_onnx_binding *bind, ad_graph **out) {
   AD_ASSERT(batch > 0);
   *out = NULL;
   Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, len, data);
   if (!m)
     return ad_fail(AD_ERR_INPUT, "%s: error: not a valid ONNX model (protobuf parse failed)", path);
-  loader ld = {.path = path, .batch = batch};
+  loader ld = {.path = path, .batch = batch, .n_bind = n_bind, .bind = bind};
   ld.g = ad_graph_create(path);
   ad_status st = load_model(&ld, m);
   free(ld.tab);

@@ -20,6 +20,24 @@ ad_status ad_onnx_load(const char *path, int64_t batch, ad_graph **out);
 ad_status ad_onnx_load_buffer(const char *path, const void *data, size_t len, int64_t batch,
                               ad_graph **out);
 
+/*
+ * `autodist infer` only: data given for a graph input that a node reads
+ * through a slot that must be constant (Reshape's shape, Slice's starts, ...)
+ * becomes a CONST value at load time instead of a data input. Data for other
+ * inputs is ignored here (bound stays 0); the caller feeds it as usual. The
+ * loader sets `bound` of each binding it used; data is copied.
+ */
+typedef struct ad_onnx_binding {
+  const char *name;
+  ad_dtype dtype;
+  int rank;
+  int64_t dims[AD_MAX_RANK];
+  const void *data;
+  int bound; /* out */
+} ad_onnx_binding;
+ad_status ad_onnx_load_bound(const char *path, const void *data, size_t len, int64_t batch,
+                             int n_bind, ad_onnx_binding *bind, ad_graph **out);
+
 /* For the plan: writes a copy of the model file without the named initializers
  * (the runtime appends trained ones again at --save time: runtime/onnx_save.h). */
 ad_status ad_onnx_strip_initializers(const char *in_path, const char *out_path, int n_names,

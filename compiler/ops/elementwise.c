@@ -15,6 +15,7 @@
 #include "../codegen.h"
 #include "../op.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -108,8 +109,8 @@ INFER(infer_signed, T_F | T_I, SAME_AS_IN0)
 INFER(infer_numeric, T_NUM, SAME_AS_IN0)
 INFER(infer_relu, opset >= 14 ? T_F | T_I : T_F, SAME_AS_IN0)
 INFER(infer_maxmin, opset >= 12 ? T_NUM : T_F, SAME_AS_IN0)
-INFER(infer_compare, T_NUM, AD_BOOL)
-INFER(infer_equal, T_ALL, AD_BOOL)
+INFER(infer_compare, opset >= 9 ? T_NUM : T_F, AD_BOOL)
+INFER(infer_equal, opset >= 11 ? T_ALL : T_I | T_B, AD_BOOL)
 INFER(infer_logic, T_B, AD_BOOL)
 INFER(infer_float_test, T_F, AD_BOOL)
 INFER(infer_bitshift_types, T_U, SAME_AS_IN0)
@@ -150,7 +151,7 @@ static ad_status infer_clip(ad_graph *g, ad_node *n) {
 
 /* PRelu: slope broadcasts to x (unidirectionally); y has x's shape. */
 static ad_status infer_prelu(ad_graph *g, ad_node *n) {
-  AD_TRY(ew_infer(g, n, T_F | T_I, SAME_AS_IN0));
+  AD_TRY(ew_infer(g, n, g->opset >= 9 ? T_F | T_I : T_F, SAME_AS_IN0));
   ad_value *x = n->in[0], *y = n->out[0];
   if (y->rank != x->rank || memcmp(y->dims, x->dims, sizeof(int64_t) * (size_t)x->rank))
     return ad_fail(AD_ERR_INPUT, "%s: error: slope %s does not broadcast to X %s",
@@ -443,6 +444,21 @@ static LLVMValueRef emit_clip(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   if (n->n_in > 2 && in[2])
     v = sel(cg, cmp(cg, CMP_LT, in[2], v), in[2], v);
   return v;
+}
+
+/* Clip-6: min and max are float attributes, by default -/+FLT_MAX (so
+ * infinities clip to them, as ONNX's reference does). */
+static void clip6_bounds(const ad_node *n, float *lo, float *hi) {
+  *lo = ad_attr_float(n, "min", -FLT_MAX);
+  *hi = ad_attr_float(n, "max", FLT_MAX);
+}
+
+static LLVMValueRef emit_clip6(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
+  float lo, hi;
+  clip6_bounds(n, &lo, &hi);
+  LLVMValueRef v = in[0], l = cst(v, lo), h = cst(v, hi);
+  v = sel(cg, cmp(cg, CMP_LT, v, l), l, v);
+  return sel(cg, cmp(cg, CMP_LT, h, v), h, v);
 }
 
 /* Pow: a float base uses powf; an integer base goes through double and
@@ -935,6 +951,16 @@ static ad_status grad_clip(ad_grad *gc, const ad_node *n) {
   return AD_OK;
 }
 
+static ad_status grad_clip6(ad_grad *gc, const ad_node *n) {
+  float lo, hi;
+  clip6_bounds(n, &lo, &hi);
+  ad_graph *g = ad_grad_graph(gc);
+  ad_value *args[4] = {ad_grad_out(gc, n, 0), n->in[0], ad_const_scalar(g, lo),
+                       ad_const_scalar(g, hi)};
+  ad_grad_acc(gc, n->in[0], ad_grad_emit(gc, "ClipGrad", 4, args, NULL, 0));
+  return AD_OK;
+}
+
 /* PRelu: dx = x > 0 ? dy : slope * dy, dslope = x > 0 ? 0 : x * dy (summed). */
 static ad_status grad_prelu(ad_grad *gc, const ad_node *n) {
   for (int i = 0; i < 2; i++)
@@ -1067,13 +1093,26 @@ const ad_op ad_ops_elementwise[] = {
     ONNX_EW("Neg", 6, 1, 1, infer_signed, grad_neg, emit_neg),
     ONNX_EW("Abs", 6, 1, 1, infer_numeric, grad_of_input, emit_abs),
     ONNX_EW("Sign", 9, 1, 1, infer_numeric, grad_zero, emit_sign),
-    ONNX_EW("Max", 8, 1, MAX_VARIADIC, infer_maxmin, grad_maxmin, emit_max),
-    ONNX_EW("Min", 8, 1, MAX_VARIADIC, infer_maxmin, grad_maxmin, emit_min),
-    ONNX_EW("Sum", 8, 1, MAX_VARIADIC, infer_float, grad_add, emit_sum),
-    ONNX_EW("Mean", 8, 1, MAX_VARIADIC, infer_float, grad_mean, emit_mean),
+    ONNX_EW("Max", 6, 1, MAX_VARIADIC, infer_maxmin, grad_maxmin, emit_max),
+    ONNX_EW("Min", 6, 1, MAX_VARIADIC, infer_maxmin, grad_maxmin, emit_min),
+    ONNX_EW("Sum", 6, 1, MAX_VARIADIC, infer_float, grad_add, emit_sum),
+    ONNX_EW("Mean", 6, 1, MAX_VARIADIC, infer_float, grad_mean, emit_mean),
     ONNX_EW("Pow", 7, 2, 2, infer_pow, grad_pow, emit_pow),
     ONNX_EW("Mod", 10, 2, 2, infer_mod, NULL, emit_mod),
     ONNX_EW("BitShift", 11, 2, 2, infer_bitshift, NULL, emit_bitshift),
+    /* Clip-6: min and max are attributes (inputs from opset 11). */
+    {.name = "Clip",
+     .domain = "",
+     .min_opset = 6,
+     .max_opset = 10,
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_float,
+     .grad = grad_clip6,
+     .lower_kind = AD_LOWER_EW,
+     .emit = emit_clip6,
+     .cost = cost_ew},
     ONNX_EW("Clip", 11, 1, 3, infer_clip, grad_clip, emit_clip),
     ONNX_EW("Reciprocal", 6, 1, 1, infer_float, grad_activation, emit_reciprocal),
     /* float functions */
@@ -1105,15 +1144,15 @@ const ad_op ad_ops_elementwise[] = {
     ONNX_EW("Selu", 6, 1, 1, infer_float, grad_of_input, emit_selu),
     ONNX_EW("Celu", 12, 1, 1, infer_float, grad_of_input, emit_celu),
     ONNX_EW("LeakyRelu", 6, 1, 1, infer_float, grad_of_input, emit_leaky_relu),
-    ONNX_EW("PRelu", 9, 2, 2, infer_prelu, grad_prelu, emit_prelu),
+    ONNX_EW("PRelu", 7, 2, 2, infer_prelu, grad_prelu, emit_prelu),
     ONNX_EW("HardSigmoid", 6, 1, 1, infer_float, grad_of_input, emit_hard_sigmoid),
     ONNX_EW("HardSwish", 14, 1, 1, infer_float, grad_of_input, emit_hard_swish),
     ONNX_EW("ThresholdedRelu", 10, 1, 1, infer_float, NULL, emit_thresholded_relu),
     ONNX_EW("Shrink", 9, 1, 1, infer_float, NULL, emit_shrink),
     /* comparisons, logic, selection, conversion */
-    ONNX_EW("Equal", 11, 2, 2, infer_equal, NULL, emit_equal),
-    ONNX_EW("Less", 9, 2, 2, infer_compare, NULL, emit_less),
-    ONNX_EW("Greater", 9, 2, 2, infer_compare, NULL, emit_greater),
+    ONNX_EW("Equal", 7, 2, 2, infer_equal, NULL, emit_equal),
+    ONNX_EW("Less", 7, 2, 2, infer_compare, NULL, emit_less),
+    ONNX_EW("Greater", 7, 2, 2, infer_compare, NULL, emit_greater),
     ONNX_EW("LessOrEqual", 12, 2, 2, infer_compare, NULL, emit_less_equal),
     ONNX_EW("GreaterOrEqual", 12, 2, 2, infer_compare, NULL, emit_greater_equal),
     ONNX_EW("And", 7, 2, 2, infer_logic, NULL, emit_and),

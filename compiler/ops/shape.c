@@ -1,18 +1,32 @@
 /*
  * compiler/ops/shape.c: ops that move or view data without arithmetic:
- * Flatten, Reshape, Identity and Dropout (ALIAS: the output is the input's
- * bytes under another shape, no code), Transpose and Pad (CALL: runtime
- * kernels), and the internal PadGrad.
+ * Flatten, Reshape, Identity, Dropout, Squeeze and Unsqueeze (ALIAS: the
+ * output is the input's bytes under another shape, no code); Transpose, Pad,
+ * Concat, Slice, Split, Expand, Tile, DepthToSpace, SpaceToDepth, Trilu,
+ * ConstantOfShape, Range and EyeLike (CALL: runtime kernels); Shape and Size
+ * (always folded, compiler/fold.c); the internal PadGrad and SliceGrad.
  *
- * Shapes are static, so everything shape-like (Reshape's target, Pad's pads
- * and value) must be a compile-time constant; a computed one is an input
- * error naming the node rather than a run-time surprise. Gradients of the
- * views are views back to the input's shape (Reshape with a constant shape).
+ * The data-movement kernels work for any dtype by element size; most are one
+ * strided copy (runtime/kernels_shape.h): a view of the input under element
+ * strides (0 to broadcast, negative to reverse) copied into a view of the
+ * output, so Slice with steps, Expand, Tile (a rank-2r view), Concat and Split
+ * (one copy per piece) and the block rearrangements share one kernel.
+ *
+ * Shapes are static, so everything shape-like (Reshape's target, Slice's
+ * starts, Pad's pads and value) must be a compile-time constant: the loader
+ * folds computed ones (Shape -> Gather -> Concat chains) before shape
+ * inference runs, and what still is not constant is an input error naming the
+ * node rather than a run-time surprise. Gradients of the views are views back
+ * to the input's shape (Reshape with a constant shape); Concat's are Slices,
+ * Split's a Concat, Slice's a SliceGrad (zeros, then the strided copy back),
+ * Expand's and Tile's sums over the broadcast axes (ReduceSumTo).
  */
 #include "../../runtime/kernels.h"
+#include "../../runtime/kernels_shape.h"
 #include "../codegen.h"
 #include "../op.h"
 
+#include <math.h>
 #include <string.h>
 
 /* ---- helpers ---- */
@@ -64,6 +78,111 @@ static void cost_copy(const ad_node *n, double *flops, double *bytes) {
   *bytes = (double)ad_value_bytes(n->in[0]) + (double)ad_value_bytes(n->out[0]);
 }
 
+/* ---- shared helpers of the data-movement ops ---- */
+
+/* Reads a constant integer tensor input (int64 or int32, rank <= 1) into an
+ * int64 array of the graph arena; `what` names it in messages. */
+static ad_status const_int_list(ad_graph *g, const ad_node *n, int i, const char *what,
+                                int64_t **vals, int *len) {
+  ad_value *v = n->in[i];
+  if (v->kind != AD_VAL_CONST || !v->data)
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: %s input '%s' must be a constant (known at compile time)",
+                   ad_node_where(g, n), what, v->name);
+  if ((v->dtype != AD_I64 && v->dtype != AD_I32) || v->rank > 1)
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: %s input '%s' must be an int64 or int32 list, got %s %s",
+                   ad_node_where(g, n), what, v->name, ad_dtype_name(v->dtype),
+                   ad_shape_str(v->rank, v->dims));
+  int64_t m = ad_value_numel(v);
+  int64_t *out = ad_arena_alloc(g->arena, sizeof(int64_t) * (size_t)(m + 1));
+  for (int64_t k = 0; k < m; k++)
+    out[k] = v->dtype == AD_I32 ? ((const int32_t *)v->data)[k] : ((const int64_t *)v->data)[k];
+  *vals = out;
+  *len = (int)m;
+  return AD_OK;
+}
+
+/* Normalizes axis a of a rank-r tensor (negative counts from the end). */
+static ad_status norm_axis(ad_graph *g, const ad_node *n, int64_t a, int r, int *out) {
+  if (a < -r || a >= r)
+    return ad_fail(AD_ERR_INPUT, "%s: error: axis %lld is out of range for rank %d",
+                   ad_node_where(g, n), (long long)a, r);
+  *out = (int)(a < 0 ? a + r : a);
+  return AD_OK;
+}
+
+static void dense_strides(int r, const int64_t *dims, int64_t *st) {
+  int64_t s = 1;
+  for (int i = r - 1; i >= 0; i--) {
+    st[i] = s;
+    s *= dims[i];
+  }
+}
+
+/* One strided copy (runtime/kernels_shape.h): a box of `dims` read from src at
+ * element offset soff with strides sstr, written to dst at doff, dstr. */
+typedef struct copy_view {
+  int rank;
+  int64_t dims[AD_K_COPY_MAX_RANK];
+  int64_t soff, sstr[AD_K_COPY_MAX_RANK];
+  int64_t doff, dstr[AD_K_COPY_MAX_RANK];
+} copy_view;
+
+static void emit_copy(ad_cg *cg, size_t esize, const copy_view *cv, LLVMValueRef src,
+                      LLVMValueRef dst) {
+  int64_t p[4 + 3 * AD_K_COPY_MAX_RANK];
+  int k = 0, r = cv->rank;
+  p[k++] = (int64_t)esize;
+  p[k++] = r;
+  for (int i = 0; i < r; i++)
+    p[k++] = cv->dims[i];
+  p[k++] = cv->soff;
+  for (int i = 0; i < r; i++)
+    p[k++] = cv->sstr[i];
+  p[k++] = cv->doff;
+  for (int i = 0; i < r; i++)
+    p[k++] = cv->dstr[i];
+  LLVMValueRef ptrs[2] = {src, dst};
+  ad_cg_call_kernel(cg, "ad_k_copy_strided", p, k, ptrs, 2);
+}
+
+static void emit_fill(ad_cg *cg, size_t esize, int64_t n, int64_t value, LLVMValueRef dst) {
+  int64_t p[3] = {(int64_t)esize, n, value};
+  ad_cg_call_kernel(cg, "ad_k_fill", p, 3, &dst, 1);
+}
+
+/* A copy of a dense value into a dense value of the same shape, as a view. */
+static void view_dense(copy_view *cv, int r, const int64_t *dims) {
+  memset(cv, 0, sizeof *cv);
+  cv->rank = r;
+  memcpy(cv->dims, dims, sizeof(int64_t) * (size_t)r);
+  dense_strides(r, dims, cv->sstr);
+  dense_strides(r, dims, cv->dstr);
+}
+
+/* An int64 constant list (inputs of gradient Slice nodes). */
+static ad_value *const_list(ad_graph *g, int len, const int64_t *vals) {
+  return const_shape(g, len, vals);
+}
+
+static void cost_out(const ad_node *n, double *flops, double *bytes) {
+  *flops = 0;
+  *bytes = 0;
+  for (int i = 0; i < n->n_out; i++)
+    *bytes += 2.0 * (double)ad_value_bytes(n->out[i]);
+}
+
+static ad_status refuse_batch_axis(ad_graph *g, const ad_node *n, const ad_value *x, int axis,
+                                   const char *what) {
+  if (x->batched && axis == 0)
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: %s along axis 0 of '%s', the batch axis, is not supported "
+                   "(autodist splits the batch over devices)",
+                   ad_node_where(g, n), what, x->name);
+  return AD_OK;
+}
+
 /* ---- Identity, Dropout ---- */
 
 static ad_status infer_identity(ad_graph *g, ad_node *n) {
@@ -73,21 +192,41 @@ static ad_status infer_identity(ad_graph *g, ad_node *n) {
 /* Dropout is the identity at inference, which is how autodist runs it in
  * training too (exported models carry it in eval mode). A graph that asks for
  * training-mode dropout or its mask cannot be served and is rejected. */
+/* Dropout is the identity at inference (training_mode false or absent), and
+ * in training mode with ratio 0 (how PyTorch exports nn.Dropout(p=0) with
+ * TrainingMode.TRAINING); random masks are not supported. The optional mask
+ * output is then all true; it may be declared but not read (codegen checks). */
 static ad_status infer_dropout(ad_graph *g, ad_node *n) {
-  if (n->n_out > 1)
-    return ad_fail(AD_ERR_INPUT, "%s: error: the mask output is not supported",
-                   ad_node_where(g, n));
   if (n->n_in > 2 && n->in[2]) {
     ad_value *t = n->in[2];
     if (t->kind != AD_VAL_CONST || !t->data || t->dtype != AD_BOOL || ad_value_numel(t) != 1)
       return ad_fail(AD_ERR_INPUT,
                      "%s: error: training_mode input '%s' must be a constant boolean scalar",
                      ad_node_where(g, n), t->name);
-    if (*(const uint8_t *)t->data)
-      return ad_fail(AD_ERR_INPUT, "%s: error: training_mode=true is not supported",
-                     ad_node_where(g, n));
+    if (*(const uint8_t *)t->data) {
+      ad_value *r = n->n_in > 1 ? n->in[1] : NULL;
+      float ratio = 0.5f; /* the ONNX default */
+      if (r && (r->kind != AD_VAL_CONST || !r->data || r->dtype != AD_F32 ||
+                ad_value_numel(r) != 1))
+        return ad_fail(AD_ERR_INPUT, "%s: error: ratio input '%s' must be a constant float scalar",
+                       ad_node_where(g, n), r->name);
+      if (r)
+        ratio = *(const float *)r->data;
+      if (ratio != 0.0f)
+        return ad_fail(AD_ERR_INPUT,
+                       "%s: error: training_mode=true with ratio %g draws random masks, which is "
+                       "not supported (export with dropout p=0, or in eval mode)",
+                       ad_node_where(g, n), (double)ratio);
+    }
   }
-  return ad_infer_same(g, n);
+  AD_TRY(ad_infer_same(g, n));
+  if (n->n_out > 1 && n->out[1]) {
+    ad_value *m = n->out[1];
+    m->dtype = g->opset < 10 ? n->in[0]->dtype : AD_BOOL; /* Dropout-7: T; 10+: bool */
+    m->rank = n->in[0]->rank;
+    memcpy(m->dims, n->in[0]->dims, sizeof(int64_t) * (size_t)m->rank);
+  }
+  return AD_OK;
 }
 
 /* ---- Flatten ---- */
@@ -139,16 +278,18 @@ static ad_status infer_reshape(ad_graph *g, ad_node *n) {
                        ad_node_where(g, n), ad_shape_str(r, shape));
       infer_at = i;
       continue;
-    } else if (d <= 0) {
+    } else if (d < 0) {
       return ad_fail(AD_ERR_INPUT, "%s: error: invalid extent %lld in shape %s",
                      ad_node_where(g, n), (long long)d, ad_shape_str(r, shape));
     }
     y->dims[i] = d;
-    known *= d;
+    if (__builtin_mul_overflow(known, d, &known))
+      return ad_fail(AD_ERR_INPUT, "%s: error: cannot reshape %s to %s", ad_node_where(g, n),
+                     ad_shape_str(x->rank, x->dims), ad_shape_str(r, shape));
   }
   int64_t numel = ad_value_numel(x);
   if (infer_at >= 0) {
-    if (numel % known)
+    if (known == 0 || numel % known)
       return ad_fail(AD_ERR_INPUT, "%s: error: cannot reshape %s to %s", ad_node_where(g, n),
                      ad_shape_str(x->rank, x->dims), ad_shape_str(r, shape));
     y->dims[infer_at] = numel / known;
@@ -188,7 +329,6 @@ static ad_status transpose_perm(ad_graph *g, const ad_node *n, int64_t *perm) {
 }
 
 static ad_status infer_transpose(ad_graph *g, ad_node *n) {
-  AD_TRY(ad_infer_need_f32(g, n, 0));
   ad_value *x = n->in[0], *y = n->out[0];
   int64_t perm[AD_MAX_RANK];
   AD_TRY(transpose_perm(g, n, perm));
@@ -216,6 +356,17 @@ static ad_status lower_transpose(ad_cg *cg, const ad_node *n) {
   int64_t perm[AD_MAX_RANK], p[1 + 2 * AD_MAX_RANK];
   AD_TRY(transpose_perm(ad_cg_graph(cg), n, perm));
   int r = x->rank, k = 0;
+  if (x->dtype != AD_F32) { /* other dtypes: a strided copy by element size */
+    copy_view cv;
+    int64_t xst[AD_MAX_RANK];
+    dense_strides(r, x->dims, xst);
+    view_dense(&cv, r, n->out[0]->dims);
+    for (int i = 0; i < r; i++)
+      cv.sstr[i] = xst[perm[i]];
+    if (ad_value_numel(x))
+      emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, n->out[0]));
+    return AD_OK;
+  }
   p[k++] = r;
   for (int i = 0; i < r; i++)
     p[k++] = x->dims[i];
@@ -226,7 +377,7 @@ static ad_status lower_transpose(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-/* ---- Pad (opset 11+: pads, constant_value and axes are inputs) ---- */
+/* ---- Pad (opset 11+: pads, constant_value and axes are inputs; 2-10: attributes) ---- */
 
 typedef struct pad_spec {
   int rank;
@@ -263,7 +414,16 @@ static ad_status pad_read(ad_graph *g, const ad_node *n, pad_spec *ps) {
   }
   int64_t *pads;
   int np;
-  AD_TRY(const_ints(g, n, 1, "pads", &pads, &np));
+  int attrs = n->op->max_opset < 11; /* Pad-2: pads and value are attributes */
+  if (attrs) {
+    const int64_t *a;
+    np = ad_attr_ints(n, "pads", &a);
+    if (np < 0)
+      return ad_fail(AD_ERR_INPUT, "%s: error: attribute pads is required", ad_node_where(g, n));
+    pads = (int64_t *)a;
+  } else {
+    AD_TRY(const_ints(g, n, 1, "pads", &pads, &np));
+  }
   if (np != 2 * n_axes)
     return ad_fail(AD_ERR_INPUT, "%s: error: pads has %d entries, expected %d (2 per axis)",
                    ad_node_where(g, n), np, 2 * n_axes);
@@ -274,7 +434,7 @@ static ad_status pad_read(ad_graph *g, const ad_node *n, pad_spec *ps) {
     ps->begin[axes[i]] = pads[i];
     ps->end[axes[i]] = pads[n_axes + i];
   }
-  ps->value = 0;
+  ps->value = attrs ? ad_attr_float(n, "value", 0) : 0;
   if (n->n_in > 2 && n->in[2]) {
     ad_value *v = n->in[2];
     if (v->kind != AD_VAL_CONST || !v->data || v->dtype != AD_F32 || ad_value_numel(v) != 1)
@@ -292,7 +452,12 @@ static ad_status pad_out_dims(ad_graph *g, const ad_node *n, const ad_value *x, 
   y->dtype = AD_F32;
   y->rank = x->rank;
   for (int i = 0; i < x->rank; i++) {
-    y->dims[i] = x->dims[i] + sign * (ps->begin[i] + ps->end[i]);
+    int64_t total;
+    if (__builtin_add_overflow(ps->begin[i], ps->end[i], &total) ||
+        __builtin_mul_overflow(total, (int64_t)sign, &total) ||
+        __builtin_add_overflow(x->dims[i], total, &y->dims[i]))
+      return ad_fail(AD_ERR_INPUT, "%s: error: pads of axis %d are too large", ad_node_where(g, n),
+                     i);
     if (y->dims[i] <= 0)
       return ad_fail(AD_ERR_INPUT, "%s: error: padding %s leaves axis %d empty",
                      ad_node_where(g, n), ad_shape_str(x->rank, x->dims), i);
@@ -380,6 +545,829 @@ static ad_status lower_pad_grad(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
+/* ---- Shape, Size (always folded: their outputs depend on static dims only) ---- */
+
+static ad_status infer_shape(ad_graph *g, ad_node *n) {
+  int64_t r = n->in[0]->rank, start = ad_attr_int(n, "start", 0), end = ad_attr_int(n, "end", r);
+  start = start < 0 ? start + r : start;
+  end = end < 0 ? end + r : end;
+  start = start < 0 ? 0 : start > r ? r : start;
+  end = end < 0 ? 0 : end > r ? r : end;
+  ad_value *y = n->out[0];
+  y->dtype = AD_I64;
+  y->rank = 1;
+  y->dims[0] = end > start ? end - start : 0;
+  return AD_OK;
+}
+
+static ad_status infer_size(ad_graph *g, ad_node *n) {
+  n->out[0]->dtype = AD_I64;
+  n->out[0]->rank = 0;
+  return AD_OK;
+}
+
+/* ---- Concat ---- */
+
+static ad_status infer_concat(ad_graph *g, ad_node *n) {
+  ad_value *x0 = n->in[0], *y = n->out[0];
+  const ad_attr *aa = ad_attr_find(n, "axis");
+  if (!aa)
+    return ad_fail(AD_ERR_INPUT, "%s: error: attribute axis is required", ad_node_where(g, n));
+  int axis = 0;
+  AD_TRY(norm_axis(g, n, aa->i, x0->rank, &axis));
+  int64_t total = 0;
+  for (int i = 0; i < n->n_in; i++) {
+    ad_value *x = n->in[i];
+    if (!x)
+      return ad_fail(AD_ERR_INPUT, "%s: error: input %d is missing", ad_node_where(g, n), i);
+    int ok = x->dtype == x0->dtype && x->rank == x0->rank;
+    for (int d = 0; ok && d < x->rank; d++)
+      ok = d == axis || x->dims[d] == x0->dims[d];
+    if (!ok)
+      return ad_fail(AD_ERR_INPUT, "%s: error: input '%s' (%s %s) does not fit '%s' (%s %s)",
+                     ad_node_where(g, n), x->name, ad_dtype_name(x->dtype),
+                     ad_shape_str(x->rank, x->dims), x0->name, ad_dtype_name(x0->dtype),
+                     ad_shape_str(x0->rank, x0->dims));
+    if (n->n_in > 1)
+      AD_TRY(refuse_batch_axis(g, n, x, axis, "Concat"));
+    if (__builtin_add_overflow(total, x->dims[axis], &total))
+      return ad_fail(AD_ERR_INPUT, "%s: error: the output is too large", ad_node_where(g, n));
+  }
+  ad_infer_same(g, n);
+  y->dims[axis] = total;
+  return AD_OK;
+}
+
+static ad_status lower_concat(ad_cg *cg, const ad_node *n) {
+  ad_value *y = n->out[0];
+  int axis = 0;
+  AD_TRY(norm_axis(ad_cg_graph(cg), n, ad_attr_int(n, "axis", 0), y->rank, &axis));
+  int64_t yst[AD_MAX_RANK], at = 0;
+  dense_strides(y->rank, y->dims, yst);
+  for (int i = 0; i < n->n_in; i++) {
+    ad_value *x = n->in[i];
+    copy_view cv;
+    view_dense(&cv, x->rank, x->dims);
+    memcpy(cv.dstr, yst, sizeof(int64_t) * (size_t)y->rank);
+    cv.doff = at * yst[axis];
+    at += x->dims[axis];
+    if (ad_value_numel(x))
+      emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  }
+  return AD_OK;
+}
+
+/* dx_i = dy sliced back along the axis (a Slice with constant inputs). */
+static ad_status grad_concat(ad_grad *gc, const ad_node *n) {
+  ad_graph *g = ad_grad_graph(gc);
+  ad_value *dy = ad_grad_out(gc, n, 0);
+  int axis = 0;
+  AD_TRY(norm_axis(g, n, ad_attr_int(n, "axis", 0), dy->rank, &axis));
+  int64_t at = 0;
+  for (int i = 0; i < n->n_in; i++) {
+    ad_value *x = n->in[i];
+    int64_t s = at, e = at + x->dims[axis], a = axis;
+    at = e;
+    if (!ad_grad_wants(gc, x))
+      continue;
+    ad_value *args[4] = {dy, const_list(g, 1, &s), const_list(g, 1, &e), const_list(g, 1, &a)};
+    ad_grad_acc(gc, x, ad_grad_emit(gc, "Slice", 4, args, NULL, 0));
+  }
+  return AD_OK;
+}
+
+/* ---- Slice (opset 10+: starts, ends, axes, steps are inputs; 1-9: attributes) ---- */
+
+typedef struct slice_spec {
+  int rank;
+  int64_t start[AD_MAX_RANK], step[AD_MAX_RANK], count[AD_MAX_RANK];
+} slice_spec;
+
+/* ONNX's clamping: negative starts/ends count from the end; with a positive
+ * step both clamp to [0, dim], with a negative one start to [0, dim-1] and end
+ * to [-1, dim-1]. */
+static ad_status slice_read(ad_graph *g, const ad_node *n, slice_spec *ss) {
+  ad_value *x = n->in[0];
+  int r = x->rank;
+  int64_t *starts, *ends, *axes = NULL, *steps = NULL;
+  int ns, ne, na = -1, nst = -1;
+  if (n->op->max_opset < 10) { /* Slice-1: starts, ends and axes are attributes */
+    const int64_t *s, *e, *a;
+    ns = ad_attr_ints(n, "starts", &s);
+    ne = ad_attr_ints(n, "ends", &e);
+    na = ad_attr_ints(n, "axes", &a);
+    if (ns < 0 || ne < 0)
+      return ad_fail(AD_ERR_INPUT, "%s: error: attributes starts and ends are required",
+                     ad_node_where(g, n));
+    starts = (int64_t *)s;
+    ends = (int64_t *)e;
+    axes = na >= 0 ? (int64_t *)a : NULL;
+  } else {
+    AD_TRY(const_int_list(g, n, 1, "starts", &starts, &ns));
+    AD_TRY(const_int_list(g, n, 2, "ends", &ends, &ne));
+  }
+  if (n->n_in > 3 && n->in[3])
+    AD_TRY(const_int_list(g, n, 3, "axes", &axes, &na));
+  if (n->n_in > 4 && n->in[4])
+    AD_TRY(const_int_list(g, n, 4, "steps", &steps, &nst));
+  if (ne != ns || (na >= 0 && na != ns) || (nst >= 0 && nst != ns) || ns > r)
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: starts, ends, axes and steps must have the same length (<= rank "
+                   "%d)",
+                   ad_node_where(g, n), r);
+  ss->rank = r;
+  for (int i = 0; i < r; i++) {
+    ss->start[i] = 0;
+    ss->step[i] = 1;
+    ss->count[i] = x->dims[i];
+  }
+  int seen[AD_MAX_RANK] = {0};
+  for (int i = 0; i < ns; i++) {
+    int a = 0;
+    AD_TRY(norm_axis(g, n, axes ? axes[i] : i, r, &a));
+    if (seen[a]++)
+      return ad_fail(AD_ERR_INPUT, "%s: error: axis %d is sliced twice", ad_node_where(g, n), a);
+    int64_t d = x->dims[a], st = steps ? steps[i] : 1, s = starts[i], e = ends[i];
+    if (st == 0)
+      return ad_fail(AD_ERR_INPUT, "%s: error: step 0 on axis %d", ad_node_where(g, n), a);
+    if (s < 0)
+      s += d;
+    if (e < 0)
+      e += d;
+    if (st > 0) {
+      s = s < 0 ? 0 : s > d ? d : s;
+      e = e < 0 ? 0 : e > d ? d : e;
+    } else {
+      s = s < 0 ? 0 : s > d - 1 ? d - 1 : s;
+      e = e < -1 ? -1 : e > d - 1 ? d - 1 : e;
+    }
+    /* In unsigned arithmetic: a step may be any int64, INT64_MIN included. */
+    int64_t span = st > 0 ? e - s : s - e;
+    uint64_t ast = st > 0 ? (uint64_t)st : -(uint64_t)st;
+    int64_t c = span > 0 ? (int64_t)(((uint64_t)span + ast - 1) / ast) : 0;
+    ss->start[a] = s;
+    ss->step[a] = st;
+    ss->count[a] = c > 0 ? c : 0;
+  }
+  return AD_OK;
+}
+
+static ad_status infer_slice(ad_graph *g, ad_node *n) {
+  slice_spec ss;
+  AD_TRY(slice_read(g, n, &ss));
+  ad_value *x = n->in[0];
+  if (x->batched && x->rank > 0 &&
+      (ss.start[0] != 0 || ss.step[0] != 1 || ss.count[0] != x->dims[0]))
+    AD_TRY(refuse_batch_axis(g, n, x, 0, "Slice"));
+  ad_infer_same(g, n);
+  memcpy(n->out[0]->dims, ss.count, sizeof(int64_t) * (size_t)ss.rank);
+  return AD_OK;
+}
+
+/* The view of x that a slice reads. */
+static void slice_view(const ad_value *x, const slice_spec *ss, copy_view *cv) {
+  int64_t xst[AD_MAX_RANK];
+  dense_strides(x->rank, x->dims, xst);
+  view_dense(cv, x->rank, ss->count);
+  for (int i = 0; i < x->rank; i++) {
+    cv->soff += ss->start[i] * xst[i];
+    cv->sstr[i] = ss->step[i] * xst[i];
+  }
+}
+
+static ad_status lower_slice(ad_cg *cg, const ad_node *n) {
+  slice_spec ss;
+  AD_TRY(slice_read(ad_cg_graph(cg), n, &ss));
+  copy_view cv;
+  slice_view(n->in[0], &ss, &cv);
+  if (ad_value_numel(n->out[0]))
+    emit_copy(cg, ad_dtype_size(n->in[0]->dtype), &cv, ad_cg_ptr(cg, n->in[0]),
+              ad_cg_ptr(cg, n->out[0]));
+  return AD_OK;
+}
+
+/* dx = zeros with dy written where the slice read: SliceGrad(dy) with
+ * attributes shape (x's), starts and steps (full rank, normalized). */
+static ad_status grad_slice(ad_grad *gc, const ad_node *n) {
+  ad_value *x = n->in[0];
+  if (!ad_grad_wants(gc, x))
+    return AD_OK;
+  slice_spec ss;
+  AD_TRY(slice_read(ad_grad_graph(gc), n, &ss));
+  ad_attr at[3] = {ad_attr_is("shape", x->rank, x->dims), ad_attr_is("starts", x->rank, ss.start),
+                   ad_attr_is("steps", x->rank, ss.step)};
+  ad_value *dy = ad_grad_out(gc, n, 0);
+  ad_grad_acc(gc, x, ad_grad_emit(gc, "SliceGrad", 1, &dy, at, 3));
+  return AD_OK;
+}
+
+static ad_status slice_grad_spec(ad_graph *g, const ad_node *n, slice_spec *ss) {
+  const int64_t *shape, *starts, *steps;
+  int r = ad_attr_ints(n, "shape", &shape);
+  AD_ASSERT(r == n->in[0]->rank && ad_attr_ints(n, "starts", &starts) == r &&
+            ad_attr_ints(n, "steps", &steps) == r);
+  ss->rank = r;
+  for (int i = 0; i < r; i++) {
+    ss->start[i] = starts[i];
+    ss->step[i] = steps[i];
+    ss->count[i] = n->in[0]->dims[i];
+  }
+  return AD_OK;
+}
+
+static ad_status infer_slice_grad(ad_graph *g, ad_node *n) {
+  const int64_t *shape;
+  int r = ad_attr_ints(n, "shape", &shape);
+  ad_value *y = n->out[0];
+  y->dtype = n->in[0]->dtype;
+  y->rank = r;
+  memcpy(y->dims, shape, sizeof(int64_t) * (size_t)r);
+  return AD_OK;
+}
+
+static ad_status lower_slice_grad(ad_cg *cg, const ad_node *n) {
+  slice_spec ss;
+  AD_TRY(slice_grad_spec(ad_cg_graph(cg), n, &ss));
+  ad_value *dy = n->in[0], *dx = n->out[0];
+  size_t es = ad_dtype_size(dx->dtype);
+  emit_fill(cg, es, ad_value_numel(dx), 0, ad_cg_ptr(cg, dx));
+  copy_view cv, sv;
+  slice_view(dx, &ss, &sv); /* where the forward read: here written */
+  view_dense(&cv, dy->rank, dy->dims);
+  cv.doff = sv.soff;
+  memcpy(cv.dstr, sv.sstr, sizeof(int64_t) * (size_t)dy->rank);
+  if (ad_value_numel(dy))
+    emit_copy(cg, es, &cv, ad_cg_ptr(cg, dy), ad_cg_ptr(cg, dx));
+  return AD_OK;
+}
+
+/* ---- Split (opset 11: split attribute; 13+: split input) ---- */
+
+static ad_status split_sizes(ad_graph *g, const ad_node *n, int *axis, int64_t *sizes) {
+  ad_value *x = n->in[0];
+  AD_TRY(norm_axis(g, n, ad_attr_int(n, "axis", 0), x->rank, axis));
+  int64_t d = x->dims[*axis];
+  int64_t *sp = NULL;
+  int ns = -1;
+  if (n->n_in > 1 && n->in[1]) {
+    AD_TRY(const_int_list(g, n, 1, "split", &sp, &ns));
+  } else {
+    const int64_t *a;
+    ns = ad_attr_ints(n, "split", &a);
+    sp = (int64_t *)a;
+  }
+  if (ns < 0) {
+    if (d % n->n_out)
+      return ad_fail(AD_ERR_INPUT,
+                     "%s: error: axis %d of extent %lld does not split into %d equal "
+                     "parts",
+                     ad_node_where(g, n), *axis, (long long)d, n->n_out);
+    for (int i = 0; i < n->n_out; i++)
+      sizes[i] = d / n->n_out;
+    return AD_OK;
+  }
+  if (ns != n->n_out)
+    return ad_fail(AD_ERR_INPUT, "%s: error: split has %d entries for %d outputs",
+                   ad_node_where(g, n), ns, n->n_out);
+  int64_t sum = 0;
+  for (int i = 0; i < ns; i++) {
+    if (sp[i] < 0)
+      return ad_fail(AD_ERR_INPUT, "%s: error: negative split size %lld", ad_node_where(g, n),
+                     (long long)sp[i]);
+    if (sp[i] > d || __builtin_add_overflow(sum, sp[i], &sum))
+      return ad_fail(AD_ERR_INPUT, "%s: error: split size %lld exceeds axis %d of extent %lld",
+                     ad_node_where(g, n), (long long)sp[i], *axis, (long long)d);
+    sizes[i] = sp[i];
+  }
+  if (sum != d)
+    return ad_fail(AD_ERR_INPUT, "%s: error: split sizes sum to %lld, axis %d has %lld",
+                   ad_node_where(g, n), (long long)sum, *axis, (long long)d);
+  return AD_OK;
+}
+
+#define MAX_SPLIT 64
+
+static ad_status infer_split(ad_graph *g, ad_node *n) {
+  int axis = 0;
+  int64_t sizes[MAX_SPLIT];
+  AD_TRY(split_sizes(g, n, &axis, sizes));
+  AD_TRY(refuse_batch_axis(g, n, n->in[0], axis, "Split"));
+  for (int i = 0; i < n->n_out; i++) {
+    ad_value *x = n->in[0], *y = n->out[i];
+    y->dtype = x->dtype;
+    y->rank = x->rank;
+    memcpy(y->dims, x->dims, sizeof(int64_t) * (size_t)x->rank);
+    y->dims[axis] = sizes[i];
+  }
+  return AD_OK;
+}
+
+static ad_status lower_split(ad_cg *cg, const ad_node *n) {
+  int axis = 0;
+  int64_t sizes[MAX_SPLIT], xst[AD_MAX_RANK], at = 0;
+  AD_TRY(split_sizes(ad_cg_graph(cg), n, &axis, sizes));
+  ad_value *x = n->in[0];
+  dense_strides(x->rank, x->dims, xst);
+  for (int i = 0; i < n->n_out; i++) {
+    ad_value *y = n->out[i];
+    copy_view cv;
+    view_dense(&cv, y->rank, y->dims);
+    memcpy(cv.sstr, xst, sizeof(int64_t) * (size_t)x->rank);
+    cv.soff = at * xst[axis];
+    at += sizes[i];
+    if (ad_value_numel(y))
+      emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  }
+  return AD_OK;
+}
+
+/* dx = Concat of the outputs' gradients (zeros for outputs nothing read). */
+static ad_status grad_split(ad_grad *gc, const ad_node *n) {
+  ad_value *x = n->in[0];
+  if (!ad_grad_wants(gc, x))
+    return AD_OK;
+  ad_graph *g = ad_grad_graph(gc);
+  int axis = 0;
+  int64_t sizes[MAX_SPLIT];
+  AD_TRY(split_sizes(g, n, &axis, sizes));
+  ad_value *parts[MAX_SPLIT];
+  for (int i = 0; i < n->n_out; i++) {
+    parts[i] = ad_grad_out(gc, n, i);
+    if (!parts[i])
+      parts[i] = ad_const_f32(g, n->out[i]->rank, n->out[i]->dims, NULL);
+  }
+  ad_attr a = ad_attr_i("axis", axis);
+  ad_grad_acc(gc, x, ad_grad_emit(gc, "Concat", n->n_out, parts, &a, 1));
+  return AD_OK;
+}
+
+/* ---- Squeeze, Unsqueeze (axes: attribute before opset 13, input since) ---- */
+
+static ad_status axes_of(ad_graph *g, const ad_node *n, int64_t **axes, int *na) {
+  *na = -1;
+  if (g->opset < 13) {
+    const int64_t *a;
+    *na = ad_attr_ints(n, "axes", &a);
+    *axes = (int64_t *)a;
+    return AD_OK;
+  }
+  if (n->n_in > 1 && n->in[1])
+    return const_int_list(g, n, 1, "axes", axes, na);
+  return AD_OK;
+}
+
+static ad_status infer_squeeze(ad_graph *g, ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  int64_t *axes;
+  int na;
+  AD_TRY(axes_of(g, n, &axes, &na));
+  int drop[AD_MAX_RANK] = {0};
+  if (na < 0) {
+    for (int i = x->batched ? 1 : 0; i < x->rank; i++) /* never the batch axis */
+      drop[i] = x->dims[i] == 1;
+  } else {
+    for (int i = 0; i < na; i++) {
+      int a = 0;
+      AD_TRY(norm_axis(g, n, axes[i], x->rank, &a));
+      if (x->dims[a] != 1)
+        return ad_fail(AD_ERR_INPUT, "%s: error: axis %d of %s has extent %lld, not 1",
+                       ad_node_where(g, n), a, ad_shape_str(x->rank, x->dims),
+                       (long long)x->dims[a]);
+      AD_TRY(refuse_batch_axis(g, n, x, a, "Squeeze"));
+      drop[a] = 1;
+    }
+  }
+  y->dtype = x->dtype;
+  y->rank = 0;
+  for (int i = 0; i < x->rank; i++)
+    if (!drop[i])
+      y->dims[y->rank++] = x->dims[i];
+  return AD_OK;
+}
+
+static ad_status infer_unsqueeze(ad_graph *g, ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  int64_t *axes;
+  int na;
+  AD_TRY(axes_of(g, n, &axes, &na));
+  if (na < 0)
+    return ad_fail(AD_ERR_INPUT, "%s: error: axes are required", ad_node_where(g, n));
+  int r = x->rank + na;
+  if (r > AD_MAX_RANK)
+    return ad_fail(AD_ERR_INPUT, "%s: error: output rank %d exceeds %d", ad_node_where(g, n), r,
+                   AD_MAX_RANK);
+  int ins[AD_MAX_RANK] = {0};
+  for (int i = 0; i < na; i++) {
+    int a = 0;
+    AD_TRY(norm_axis(g, n, axes[i], r, &a));
+    if (ins[a]++)
+      return ad_fail(AD_ERR_INPUT, "%s: error: axis %d is repeated", ad_node_where(g, n), a);
+    if (a == 0 && x->batched)
+      AD_TRY(refuse_batch_axis(g, n, x, 0, "Unsqueeze"));
+  }
+  y->dtype = x->dtype;
+  y->rank = r;
+  for (int i = 0, k = 0; i < r; i++)
+    y->dims[i] = ins[i] ? 1 : x->dims[k++];
+  return AD_OK;
+}
+
+/* ---- Expand, Tile ---- */
+
+static ad_status infer_expand(ad_graph *g, ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  int64_t *shape;
+  int r;
+  AD_TRY(const_int_list(g, n, 1, "shape", &shape, &r));
+  int ro;
+  int64_t dims[AD_MAX_RANK];
+  if (r > AD_MAX_RANK || ad_broadcast_shape(x->rank, x->dims, r, shape, &ro, dims) != AD_OK)
+    return ad_fail(AD_ERR_INPUT, "%s: error: cannot expand %s to %s", ad_node_where(g, n),
+                   ad_shape_str(x->rank, x->dims), ad_shape_str(r, shape));
+  y->dtype = x->dtype;
+  y->rank = ro;
+  memcpy(y->dims, dims, sizeof(int64_t) * (size_t)ro);
+  return AD_OK;
+}
+
+static ad_status lower_expand(ad_cg *cg, const ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  copy_view cv;
+  view_dense(&cv, y->rank, y->dims);
+  int64_t xst[AD_MAX_RANK];
+  dense_strides(x->rank, x->dims, xst);
+  for (int i = 0; i < y->rank; i++) {
+    int xi = i - (y->rank - x->rank);
+    cv.sstr[i] = xi < 0 || x->dims[xi] == 1 ? 0 : xst[xi];
+  }
+  if (ad_value_numel(y))
+    emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  return AD_OK;
+}
+
+static ad_status grad_expand(ad_grad *gc, const ad_node *n) {
+  ad_value *x = n->in[0];
+  if (ad_grad_wants(gc, x))
+    ad_grad_acc(gc, x, ad_grad_reduce_to(gc, ad_grad_out(gc, n, 0), x));
+  return AD_OK;
+}
+
+static ad_status tile_repeats(ad_graph *g, const ad_node *n, int64_t **rep) {
+  int r;
+  AD_TRY(const_int_list(g, n, 1, "repeats", rep, &r));
+  if (r != n->in[0]->rank)
+    return ad_fail(AD_ERR_INPUT, "%s: error: repeats has %d entries for rank %d",
+                   ad_node_where(g, n), r, n->in[0]->rank);
+  for (int i = 0; i < r; i++)
+    if ((*rep)[i] < 0)
+      return ad_fail(AD_ERR_INPUT, "%s: error: negative repeat %lld", ad_node_where(g, n),
+                     (long long)(*rep)[i]);
+  return AD_OK;
+}
+
+static ad_status infer_tile(ad_graph *g, ad_node *n) {
+  ad_value *x = n->in[0];
+  int64_t *rep;
+  AD_TRY(tile_repeats(g, n, &rep));
+  if (x->rank && rep[0] != 1)
+    AD_TRY(refuse_batch_axis(g, n, x, 0, "Tile"));
+  ad_infer_same(g, n);
+  for (int i = 0; i < x->rank; i++)
+    if (__builtin_mul_overflow(x->dims[i], rep[i], &n->out[0]->dims[i]))
+      return ad_fail(AD_ERR_INPUT, "%s: error: repeats make the output too large",
+                     ad_node_where(g, n));
+  return AD_OK;
+}
+
+/* y viewed as [rep0, d0, rep1, d1, ...]: x read with stride 0 on the repeats. */
+static ad_status lower_tile(ad_cg *cg, const ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  int64_t *rep;
+  AD_TRY(tile_repeats(ad_cg_graph(cg), n, &rep));
+  int64_t xst[AD_MAX_RANK], yst[AD_MAX_RANK];
+  dense_strides(x->rank, x->dims, xst);
+  dense_strides(y->rank, y->dims, yst);
+  copy_view cv = {.rank = 2 * x->rank};
+  for (int i = 0; i < x->rank; i++) {
+    cv.dims[2 * i] = rep[i];
+    cv.dims[2 * i + 1] = x->dims[i];
+    cv.sstr[2 * i] = 0;
+    cv.sstr[2 * i + 1] = xst[i];
+    cv.dstr[2 * i] = x->dims[i] * yst[i];
+    cv.dstr[2 * i + 1] = yst[i];
+  }
+  if (ad_value_numel(y))
+    emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  return AD_OK;
+}
+
+/* dx = dy viewed [rep0, d0, ...] summed over the repeat axes. */
+static ad_status grad_tile(ad_grad *gc, const ad_node *n) {
+  ad_value *x = n->in[0];
+  if (!ad_grad_wants(gc, x))
+    return AD_OK;
+  ad_graph *g = ad_grad_graph(gc);
+  int64_t *rep;
+  AD_TRY(tile_repeats(g, n, &rep));
+  int r = x->rank;
+  if (2 * r > AD_MAX_RANK)
+    return ad_fail(AD_ERR_INPUT, "%s: error: the gradient of Tile supports rank <= %d",
+                   ad_node_where(g, n), AD_MAX_RANK / 2);
+  int64_t big[AD_MAX_RANK], small[AD_MAX_RANK];
+  for (int i = 0; i < r; i++) {
+    big[2 * i] = rep[i];
+    big[2 * i + 1] = small[2 * i + 1] = x->dims[i];
+    small[2 * i] = 1;
+  }
+  ad_value *args[2] = {ad_grad_out(gc, n, 0), const_shape(g, 2 * r, big)};
+  ad_value *v = ad_grad_emit(gc, "Reshape", 2, args, NULL, 0);
+  ad_attr a = ad_attr_is("shape", 2 * r, small);
+  v = ad_grad_emit(gc, "ReduceSumTo", 1, &v, &a, 1);
+  ad_value *args2[2] = {v, const_shape(g, r, x->dims)};
+  ad_grad_acc(gc, x, ad_grad_emit(gc, "Reshape", 2, args2, NULL, 0));
+  return AD_OK;
+}
+
+/* ---- ConstantOfShape, Range, EyeLike, Trilu ---- */
+
+/* The element's bytes of a one-element constant, in an int64 slot. */
+static int64_t elem_slot(const ad_value *v) {
+  uint64_t u = 0;
+  memcpy(&u, v->data, ad_dtype_size(v->dtype));
+  return (int64_t)u;
+}
+
+static ad_status infer_constant_of_shape(ad_graph *g, ad_node *n) {
+  int64_t *shape;
+  int r;
+  AD_TRY(const_int_list(g, n, 0, "shape", &shape, &r));
+  if (r > AD_MAX_RANK)
+    return ad_fail(AD_ERR_INPUT, "%s: error: rank %d exceeds %d", ad_node_where(g, n), r,
+                   AD_MAX_RANK);
+  const ad_attr *va = ad_attr_find(n, "value");
+  ad_value *y = n->out[0];
+  y->dtype = AD_F32;
+  if (va) {
+    if (va->type != AD_ATTR_TENSOR || ad_value_numel(va->t) != 1)
+      return ad_fail(AD_ERR_INPUT, "%s: error: value must be a one-element tensor",
+                     ad_node_where(g, n));
+    y->dtype = va->t->dtype;
+  }
+  y->rank = r;
+  for (int i = 0; i < r; i++) {
+    if (shape[i] < 0)
+      return ad_fail(AD_ERR_INPUT, "%s: error: negative extent in shape %s", ad_node_where(g, n),
+                     ad_shape_str(r, shape));
+    y->dims[i] = shape[i];
+  }
+  return AD_OK;
+}
+
+static ad_status lower_constant_of_shape(ad_cg *cg, const ad_node *n) {
+  const ad_attr *va = ad_attr_find(n, "value");
+  ad_value *y = n->out[0];
+  emit_fill(cg, ad_dtype_size(y->dtype), ad_value_numel(y), va ? elem_slot(va->t) : 0,
+            ad_cg_ptr(cg, y));
+  return AD_OK;
+}
+
+static int kernel_dtype(ad_dtype t) {
+  switch (t) {
+  case AD_F32:
+    return AD_K_F32;
+  case AD_I64:
+    return AD_K_I64;
+  case AD_I32:
+    return AD_K_I32;
+  case AD_U8:
+    return AD_K_U8;
+  default:
+    return AD_K_BOOL;
+  }
+}
+
+/* Range's scalar inputs as doubles (int64 exactly below 2^53). */
+static ad_status range_read(ad_graph *g, const ad_node *n, double v[3]) {
+  static const char *names[3] = {"start", "limit", "delta"};
+  for (int i = 0; i < 3; i++) {
+    ad_value *x = n->in[i];
+    if (x->kind != AD_VAL_CONST || !x->data || ad_value_numel(x) != 1)
+      return ad_fail(AD_ERR_INPUT, "%s: error: %s input '%s' must be a constant scalar",
+                     ad_node_where(g, n), names[i], x->name);
+    if (x->dtype != n->in[0]->dtype)
+      return ad_fail(AD_ERR_INPUT, "%s: error: inputs have different types", ad_node_where(g, n));
+    switch (x->dtype) {
+    case AD_F32:
+      v[i] = *(const float *)x->data;
+      break;
+    case AD_I64:
+      v[i] = (double)*(const int64_t *)x->data;
+      break;
+    case AD_I32:
+      v[i] = *(const int32_t *)x->data;
+      break;
+    default:
+      return ad_fail(AD_ERR_INPUT, "%s: error: %s is %s; Range takes float32, int64 or int32",
+                     ad_node_where(g, n), names[i], ad_dtype_name(x->dtype));
+    }
+  }
+  if (v[2] == 0)
+    return ad_fail(AD_ERR_INPUT, "%s: error: delta is 0", ad_node_where(g, n));
+  return AD_OK;
+}
+
+static ad_status infer_range(ad_graph *g, ad_node *n) {
+  double v[3];
+  AD_TRY(range_read(g, n, v));
+  double c = ceil((v[1] - v[0]) / v[2]);
+  if (!(c < 0x1p59)) /* also NaN (an infinite or NaN bound) */
+    return ad_fail(AD_ERR_INPUT, "%s: error: the range has too many elements", ad_node_where(g, n));
+  ad_value *y = n->out[0];
+  y->dtype = n->in[0]->dtype;
+  y->rank = 1;
+  y->dims[0] = c > 0 ? (int64_t)c : 0;
+  return AD_OK;
+}
+
+static ad_status lower_range(ad_cg *cg, const ad_node *n) {
+  ad_value *s = n->in[0], *d = n->in[2], *y = n->out[0];
+  int64_t p[4] = {kernel_dtype(y->dtype), ad_value_numel(y), 0, 0};
+  if (y->dtype == AD_F32) {
+    p[2] = ad_k_slot(*(const float *)s->data);
+    p[3] = ad_k_slot(*(const float *)d->data);
+  } else if (y->dtype == AD_I32) {
+    p[2] = *(const int32_t *)s->data;
+    p[3] = *(const int32_t *)d->data;
+  } else {
+    p[2] = *(const int64_t *)s->data;
+    p[3] = *(const int64_t *)d->data;
+  }
+  LLVMValueRef yp = ad_cg_ptr(cg, y);
+  ad_cg_call_kernel(cg, "ad_k_range", p, 4, &yp, 1);
+  return AD_OK;
+}
+
+/* ONNX TensorProto data types autodist has. */
+static int dtype_of_onnx(int64_t t, ad_dtype *out) {
+  switch (t) {
+  case 1:
+    *out = AD_F32;
+    return 1;
+  case 2:
+    *out = AD_U8;
+    return 1;
+  case 6:
+    *out = AD_I32;
+    return 1;
+  case 7:
+    *out = AD_I64;
+    return 1;
+  case 9:
+    *out = AD_BOOL;
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+static ad_status infer_eye_like(ad_graph *g, ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  if (x->rank != 2)
+    return ad_fail(AD_ERR_INPUT, "%s: error: input must have rank 2, has %d", ad_node_where(g, n),
+                   x->rank);
+  AD_TRY(refuse_batch_axis(g, n, x, 0, "EyeLike"));
+  ad_infer_same(g, n);
+  const ad_attr *dt = ad_attr_find(n, "dtype");
+  if (dt && !dtype_of_onnx(dt->i, &y->dtype))
+    return ad_fail(AD_ERR_INPUT, "%s: error: dtype %lld is not supported", ad_node_where(g, n),
+                   (long long)dt->i);
+  return AD_OK;
+}
+
+static ad_status lower_eye_like(ad_cg *cg, const ad_node *n) {
+  ad_value *y = n->out[0];
+  int64_t one = y->dtype == AD_F32 ? ad_k_slot(1.0f) : 1;
+  int64_t p[5] = {(int64_t)ad_dtype_size(y->dtype), y->dims[0], y->dims[1], ad_attr_int(n, "k", 0),
+                  one};
+  LLVMValueRef yp = ad_cg_ptr(cg, y);
+  ad_cg_call_kernel(cg, "ad_k_eye", p, 5, &yp, 1);
+  return AD_OK;
+}
+
+static ad_status trilu_k(ad_graph *g, const ad_node *n, int64_t *k) {
+  *k = 0;
+  if (n->n_in < 2 || !n->in[1])
+    return AD_OK;
+  ad_value *v = n->in[1];
+  if (v->kind != AD_VAL_CONST || !v->data || v->dtype != AD_I64 || ad_value_numel(v) != 1)
+    return ad_fail(AD_ERR_INPUT, "%s: error: k input '%s' must be a constant int64 scalar",
+                   ad_node_where(g, n), v->name);
+  *k = *(const int64_t *)v->data;
+  return AD_OK;
+}
+
+static ad_status infer_trilu(ad_graph *g, ad_node *n) {
+  int64_t k;
+  AD_TRY(trilu_k(g, n, &k));
+  if (n->in[0]->rank < 2)
+    return ad_fail(AD_ERR_INPUT, "%s: error: input must have rank >= 2", ad_node_where(g, n));
+  return ad_infer_same(g, n);
+}
+
+static ad_status lower_trilu(ad_cg *cg, const ad_node *n) {
+  ad_value *x = n->in[0];
+  int64_t k;
+  AD_TRY(trilu_k(ad_cg_graph(cg), n, &k));
+  int64_t N = x->dims[x->rank - 2], M = x->dims[x->rank - 1];
+  int64_t p[6] = {
+      (int64_t)ad_dtype_size(x->dtype), N * M != 0 ? ad_value_numel(x) / (N * M) : 0, N, M, k,
+      ad_attr_int(n, "upper", 1)};
+  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, x), ad_cg_ptr(cg, n->out[0])};
+  ad_cg_call_kernel(cg, "ad_k_trilu", p, 6, ptrs, 2);
+  return AD_OK;
+}
+
+/* ---- DepthToSpace, SpaceToDepth (NCHW; strided copies of 6-D views) ---- */
+
+static ad_status block_size(ad_graph *g, const ad_node *n, int64_t *bs) {
+  *bs = ad_attr_int(n, "blocksize", 0);
+  if (*bs < 1 || *bs > (1 << 15))
+    return ad_fail(AD_ERR_INPUT, "%s: error: blocksize must be between 1 and 32768",
+                   ad_node_where(g, n));
+  if (n->in[0]->rank != 4)
+    return ad_fail(AD_ERR_INPUT, "%s: error: input must have rank 4 (NCHW), has %d",
+                   ad_node_where(g, n), n->in[0]->rank);
+  return AD_OK;
+}
+
+static ad_status infer_depth_to_space(ad_graph *g, ad_node *n) {
+  int64_t bs;
+  AD_TRY(block_size(g, n, &bs));
+  const char *mode = ad_attr_str(n, "mode", "DCR");
+  if (strcmp(mode, "DCR") && strcmp(mode, "CRD"))
+    return ad_fail(AD_ERR_INPUT, "%s: error: mode '%s' (DCR or CRD)", ad_node_where(g, n), mode);
+  ad_value *x = n->in[0];
+  if (x->dims[1] % (bs * bs))
+    return ad_fail(AD_ERR_INPUT, "%s: error: channels %lld are not a multiple of blocksize^2",
+                   ad_node_where(g, n), (long long)x->dims[1]);
+  ad_infer_same(g, n);
+  int64_t *d = n->out[0]->dims;
+  d[1] /= bs * bs;
+  if (__builtin_mul_overflow(d[2], bs, &d[2]) || __builtin_mul_overflow(d[3], bs, &d[3]))
+    return ad_fail(AD_ERR_INPUT, "%s: error: output is too large", ad_node_where(g, n));
+  return AD_OK;
+}
+
+/* y[n, c, h, b1, w, b2] (y viewed 6-D) from x[n, b1, b2, c, h, w] (DCR) or
+ * x[n, c, b1, b2, h, w] (CRD). */
+static ad_status lower_depth_to_space(ad_cg *cg, const ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  int64_t bs;
+  AD_TRY(block_size(ad_cg_graph(cg), n, &bs));
+  int64_t C = y->dims[1], H = x->dims[2], W = x->dims[3], HW = H * W;
+  int dcr = !strcmp(ad_attr_str(n, "mode", "DCR"), "DCR");
+  int64_t dims[6] = {x->dims[0], C, H, bs, W, bs};
+  copy_view cv;
+  view_dense(&cv, 6, dims);
+  int64_t sn = x->dims[1] * HW;
+  int64_t sc = dcr ? HW : bs * bs * HW, sb1 = dcr ? bs * C * HW : bs * HW, sb2 = dcr ? C * HW : HW;
+  int64_t st[6] = {sn, sc, W, sb1, 1, sb2};
+  memcpy(cv.sstr, st, sizeof st);
+  emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  return AD_OK;
+}
+
+static ad_status infer_space_to_depth(ad_graph *g, ad_node *n) {
+  int64_t bs;
+  AD_TRY(block_size(g, n, &bs));
+  ad_value *x = n->in[0];
+  if (x->dims[2] % bs || x->dims[3] % bs)
+    return ad_fail(AD_ERR_INPUT, "%s: error: spatial dims %s are not multiples of blocksize",
+                   ad_node_where(g, n), ad_shape_str(4, x->dims));
+  ad_infer_same(g, n);
+  int64_t *d = n->out[0]->dims;
+  if (__builtin_mul_overflow(d[1], bs * bs, &d[1]))
+    return ad_fail(AD_ERR_INPUT, "%s: error: output is too large", ad_node_where(g, n));
+  d[2] /= bs;
+  d[3] /= bs;
+  return AD_OK;
+}
+
+/* y[n, b1, b2, c, h, w] (y viewed 6-D) = x[n, c, h * bs + b1, w * bs + b2]. */
+static ad_status lower_space_to_depth(ad_cg *cg, const ad_node *n) {
+  ad_value *x = n->in[0], *y = n->out[0];
+  int64_t bs;
+  AD_TRY(block_size(ad_cg_graph(cg), n, &bs));
+  int64_t C = x->dims[1], H = x->dims[2], W = x->dims[3];
+  int64_t dims[6] = {x->dims[0], bs, bs, C, y->dims[2], y->dims[3]};
+  copy_view cv;
+  view_dense(&cv, 6, dims);
+  int64_t st[6] = {C * H * W, W, 1, H * W, bs * W, bs};
+  memcpy(cv.sstr, st, sizeof st);
+  emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  return AD_OK;
+}
+
 /* ---- table ---- */
 
 #define VIEW(NAME, MINOP, MINI, MAXI, NOUT, INFER, GRAD)                                           \
@@ -387,6 +1375,14 @@ static ad_status lower_pad_grad(ad_cg *cg, const ad_node *n) {
     .name = NAME, .domain = "", .min_opset = MINOP, .max_opset = AD_OPSET_MAX, .min_in = MINI,     \
     .max_in = MAXI, .n_out = NOUT, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_ALIAS,     \
     .cost = NULL                                                                                   \
+  }
+
+/* A data-movement op lowered by `lower` (a runtime kernel call). */
+#define MOVE(NAME, MINOP, MINI, MAXI, NOUT, INFER, GRAD, LOWER)                                    \
+  {                                                                                                \
+    .name = NAME, .domain = "", .min_opset = MINOP, .max_opset = AD_OPSET_MAX, .min_in = MINI,     \
+    .max_in = MAXI, .n_out = NOUT, .infer = INFER, .grad = GRAD, .lower_kind = AD_LOWER_CALL,      \
+    .lower = LOWER, .cost = cost_out                                                               \
   }
 
 const ad_op ad_ops_shape[] = {
@@ -406,6 +1402,19 @@ const ad_op ad_ops_shape[] = {
      .lower_kind = AD_LOWER_CALL,
      .lower = lower_transpose,
      .cost = cost_copy},
+    /* Pad-2: one input; pads and value are attributes. */
+    {.name = "Pad",
+     .domain = "",
+     .min_opset = 2,
+     .max_opset = 10,
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_pad,
+     .grad = grad_pad,
+     .lower_kind = AD_LOWER_CALL,
+     .lower = lower_pad,
+     .cost = cost_copy},
     {.name = "Pad",
      .domain = "",
      .min_opset = 11,
@@ -418,6 +1427,59 @@ const ad_op ad_ops_shape[] = {
      .lower_kind = AD_LOWER_CALL,
      .lower = lower_pad,
      .cost = cost_copy},
+    {.name = "Shape",
+     .domain = "",
+     .min_opset = 1,
+     .max_opset = AD_OPSET_MAX,
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_shape,
+     .lower_kind = AD_LOWER_NONE},
+    {.name = "Size",
+     .domain = "",
+     .min_opset = 1,
+     .max_opset = AD_OPSET_MAX,
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_size,
+     .lower_kind = AD_LOWER_NONE},
+    VIEW("Squeeze", 1, 1, 2, 1, infer_squeeze, grad_view),
+    VIEW("Unsqueeze", 1, 1, 2, 1, infer_unsqueeze, grad_view),
+    MOVE("Concat", 4, 1, 64, 1, infer_concat, grad_concat, lower_concat),
+    /* Slice-1: one input; starts, ends and axes are attributes. */
+    {.name = "Slice",
+     .domain = "",
+     .min_opset = 1,
+     .max_opset = 9,
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_slice,
+     .grad = grad_slice,
+     .lower_kind = AD_LOWER_CALL,
+     .lower = lower_slice,
+     .cost = cost_out},
+    MOVE("Slice", 10, 3, 5, 1, infer_slice, grad_slice, lower_slice),
+    MOVE("Split", 2, 1, 2, MAX_SPLIT, infer_split, grad_split, lower_split),
+    MOVE("Expand", 8, 2, 2, 1, infer_expand, grad_expand, lower_expand),
+    MOVE("Tile", 6, 2, 2, 1, infer_tile, grad_tile, lower_tile),
+    MOVE("ConstantOfShape", 9, 1, 1, 1, infer_constant_of_shape, NULL, lower_constant_of_shape),
+    MOVE("Range", 11, 3, 3, 1, infer_range, NULL, lower_range),
+    MOVE("EyeLike", 9, 1, 1, 1, infer_eye_like, NULL, lower_eye_like),
+    MOVE("Trilu", 14, 1, 2, 1, infer_trilu, NULL, lower_trilu),
+    MOVE("DepthToSpace", 1, 1, 1, 1, infer_depth_to_space, NULL, lower_depth_to_space),
+    MOVE("SpaceToDepth", 1, 1, 1, 1, infer_space_to_depth, NULL, lower_space_to_depth),
+    {.name = "SliceGrad",
+     .domain = "ad",
+     .min_in = 1,
+     .max_in = 1,
+     .n_out = 1,
+     .infer = infer_slice_grad,
+     .lower_kind = AD_LOWER_CALL,
+     .lower = lower_slice_grad,
+     .cost = cost_out},
     {.name = "PadGrad",
      .domain = "ad",
      .min_in = 1,

@@ -40,7 +40,7 @@ k = numpy_helper.from_array(np.ones((1, 1, 2, 2), np.float32), "k")
 bad = helper.make_graph([helper.make_node("ConvTranspose", ["input", "k"], ["logits"], name="deconv1")],
                         "g", [xi], [yo], [k])
 onnx.save(helper.make_model(bad, opset_imports=[helper.make_opsetid("", 13)]), "unsupported.onnx")
-onnx.save(helper.make_model(good, opset_imports=[helper.make_opsetid("", 9)]), "old.onnx")
+onnx.save(helper.make_model(good, opset_imports=[helper.make_opsetid("", 18)]), "new.onnx")
 fixed = helper.make_graph([helper.make_node("Gemm", ["input", "w"], ["logits"], transB=1, name="fc")],
                           "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
                           [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], [w])
@@ -62,7 +62,8 @@ expect text_file "text.onnx: error: not a valid ONNX model" "$A" compile text.on
 expect missing_model "nothere.onnx: error: cannot open" "$A" compile nothere.onnx
 expect unsupported_op "unsupported.onnx: node 'deconv1' (ConvTranspose): error: op not supported" \
   "$A" compile unsupported.onnx
-expect old_opset "old.onnx: error: opset 9" "$A" compile old.onnx
+expect new_opset "new.onnx: error: opset 18 of domain 'ai.onnx' is not supported (autodist supports 1-17)" \
+  "$A" compile new.onnx
 expect unknown_key "unknown_key.yml:3:5: error: unknown key 'gpu' (did you mean 'gpus'?)" \
   "$A" compile good.onnx -r unknown_key.yml
 expect wrong_type "wrong_type.yml:4:12: error:" "$A" compile good.onnx -r wrong_type.yml

@@ -203,8 +203,10 @@ def test_inspect():
           "legacy flops:\n" + r.stdout)
 
     errors = {
-        "err_opset9.onnx": "error: opset 9 of domain 'ai.onnx' is not supported "
-                           "(autodist supports 11-17)",
+        "err_opset18.onnx": "error: opset 18 of domain 'ai.onnx' is not supported "
+                            "(autodist supports 1-17)",
+        "err_op_opset.onnx": "node 'relu1' (Relu): error: op Relu is supported at opsets 6-17, "
+                             "the model imports 5",
         "err_convt.onnx": "node 'conv3' (ConvTranspose): error: op not supported",
         "err_truncated.onnx": "error: not a valid ONNX model (protobuf parse failed)",
         "err_dyn_axis.onnx": "error: input 'x' has a dynamic dimension 'features' at axis 1 "
@@ -212,7 +214,7 @@ def test_inspect():
         "err_f64_init.onnx": "initializer 'w': error: dtype float64 is not supported "
                              "(float32, int64, int32, uint8, bool)",
         "err_domain.onnx": "error: opset 1 of domain 'com.example' is not supported "
-                           "(autodist supports 11-17)",
+                           "(autodist supports the default domain 'ai.onnx' only)",
         "err_no_graph.onnx": "error: not a valid ONNX model (no graph)",
         "err_undefined.onnx": "node 'add' (Add): error: input 'ghost' is not a graph input, an "
                               "initializer or the output of an earlier node",

@@ -11,7 +11,8 @@ files are reproducible and the tests can recompute every expected number.
                     in float_data and listed as graph inputs too, unnamed nodes,
                     a Constant node (value_float) feeding an Add, an int64
                     initializer in int64_data, a fixed batch of 2
-  err_opset9.onnx   default-domain opset 9
+  err_opset18.onnx  default-domain opset 18
+  err_op_opset.onnx the mlp at opset 5, where Relu (from opset 6) does not exist
   err_convt.onnx    a ConvTranspose node named 'conv3' (not supported)
   err_truncated.onnx  the first 60 bytes of mlp.onnx
   err_dyn_axis.onnx an input whose axis 1 is dynamic
@@ -91,7 +92,8 @@ def main():
     save(legacy, "mlp_legacy.onnx")
 
     nodes, inits, x, y = mlp_graph()
-    save(model(helper.make_graph(nodes, "g", [x], [y], inits), opset=9), "err_opset9.onnx")
+    save(model(helper.make_graph(nodes, "g", [x], [y], inits), opset=18), "err_opset18.onnx")
+    save(model(helper.make_graph(nodes, "g", [x], [y], inits), opset=5), "err_op_opset.onnx")
 
     xi = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])
     yo = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 5, 5])
