@@ -3,9 +3,10 @@
 #   make test   build (warnings are errors), run every test; unit tests also
 #               under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench  autodist vs PyTorch, side by side
+#   make fuzz   libFuzzer over the input parsers, FUZZ_SECONDS (30) per target
 JOBS ?= $(shell nproc)
 
-.PHONY: all build build-asan deps demo test bench clean
+.PHONY: all build build-asan deps demo test bench fuzz clean
 all: build
 
 deps:
@@ -29,6 +30,9 @@ test: build build-asan
 bench: build
 	/usr/bin/python3 bench/run.py
 	/usr/bin/python3 bench/strategies.py
+
+fuzz:
+	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),30)
 
 clean:
 	rm -rf build build-asan

@@ -279,9 +279,6 @@ size_t ad_npy_header(char *buf, size_t cap, const char *dtype, int rank, const i
   } else if (!strcmp(dtype, "int32")) {
     descr = "<i4";
     esize = 4;
-  } else if (!strcmp(dtype, "int32")) {
-    descr = "<i4";
-    esize = 4;
   } else if (!strcmp(dtype, "uint8")) {
     descr = "|u1";
     esize = 1;

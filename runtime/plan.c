@@ -869,6 +869,21 @@ ad_status ad_plan_load(const char *dir, ad_plan **out) {
   return AD_OK;
 }
 
+ad_status ad_plan_parse_buffer(const char *path, const char *data, size_t len, ad_plan **out) {
+  ad_yaml_doc *d;
+  *out = NULL;
+  AD_TRY(ad_yaml_load(path, data, len, &d));
+  ad_plan *pl = ad_xcalloc(1, sizeof *pl);
+  ad_status st = read_plan(d, pl);
+  ad_yaml_free(d);
+  if (st != AD_OK) {
+    ad_plan_free(pl);
+    return st;
+  }
+  *out = pl;
+  return AD_OK;
+}
+
 void ad_plan_free(ad_plan *pl) {
   if (!pl)
     return;

@@ -145,6 +145,9 @@ ad_status ad_plan_write(const ad_plan *plan, const char *dir);
 /* Reads and validates dir/plan.yaml and verifies every file hash. Errors name
  * the file (and line:column in plan.yaml). */
 ad_status ad_plan_load(const char *dir, ad_plan **out);
+/* Reads and validates a manifest from memory without touching any file (no
+ * hash checks; fuzzing, tests); `path` is used in messages. */
+ad_status ad_plan_parse_buffer(const char *path, const char *data, size_t len, ad_plan **out);
 void ad_plan_free(ad_plan *plan);
 const ad_plan_tensor *ad_plan_tensor_find(const ad_plan *plan, const char *name);
 
