@@ -15,7 +15,7 @@ static const char usage[] =
     "  run PLAN_DIR [--data NAME=FILE.npy]... [--steps N | --epochs N] [--metrics FILE.jsonl]\n"
     "               [--save OUT.onnx] [--out NAME=FILE.npy]... [--shuffle SEED]\n"
     "  infer MODEL.onnx --data NAME=FILE.npy... --out NAME=FILE.npy...\n"
-    "  inspect MODEL.onnx\n"
+    "  inspect MODEL.onnx [--batch N] | inspect --ops\n"
     "  --version | --help | COMMAND --help\n"
     "\n"
     "Exit codes: 0 success, 1 the job failed while running, 2 bad input or usage.\n";

@@ -10,6 +10,13 @@
  * lowers to no code (ALIAS: Reshape, Flatten, ...) does no arithmetic. When any
  * other op has no cost function the total is unknown and printed as "-" with
  * the ops that lack one.
+ *
+ * `autodist inspect --ops` prints the ONNX ops autodist accepts, one line per
+ * op: its name and the opsets of the default domain it is accepted at, within
+ * the AD_OPSET_MIN..AD_OPSET_MAX a model may import (several registry entries
+ * of one op, for semantics that changed between opsets, are merged where their
+ * ranges touch). Internal ops (domain "ad") are left out.
+ * docs/ops.md and the conformance runner read this list.
  */
 #include "../cli/commands.h"
 #include "onnx_load.h"
@@ -24,9 +31,11 @@ static const char inspect_usage[] = "usage: autodist inspect MODEL.onnx [--batch
 
 static const char inspect_help[] =
     "usage: autodist inspect MODEL.onnx [--batch N]\n"
+    "       autodist inspect --ops\n"
     "\n"
     "Prints the model's inputs, outputs, op counts, parameters and the FLOPs of\n"
-    "one forward pass. Dynamic batch dimensions are set to N (default 1).\n";
+    "one forward pass. Dynamic batch dimensions are set to N (default 1).\n"
+    "With --ops, prints the ONNX ops autodist supports and their opsets.\n";
 
 static void print_value(const ad_value *v) {
   printf("  %-24s %-8s %s%s\n", v->name, ad_dtype_name(v->dtype), ad_shape_str(v->rank, v->dims),
@@ -122,16 +131,66 @@ static void print_report(const ad_graph *g, int64_t batch) {
   }
 }
 
+/* Orders registry entries by name, then by first opset. */
+static int cmp_op(const void *a, const void *b) {
+  const ad_op *x = *(const ad_op *const *)a, *y = *(const ad_op *const *)b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : x->min_opset - y->min_opset;
+}
+
+static void print_ops(void) {
+  int n = 0;
+  while (ad_op_at(n))
+    n++;
+  const ad_op **ops = ad_xmalloc(sizeof *ops * (size_t)(n ? n : 1));
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    const ad_op *op = ad_op_at(i);
+    if (!op->domain[0] || !strcmp(op->domain, "ai.onnx"))
+      ops[m++] = op;
+  }
+  qsort(ops, (size_t)m, sizeof *ops, cmp_op);
+  printf("# ONNX ops (default domain) that autodist supports, with their opsets\n");
+  for (int i = 0; i < m;) {
+    printf("%-24s", ops[i]->name);
+    int j = i;
+    while (j < m && !strcmp(ops[j]->name, ops[i]->name)) {
+      int lo = ops[j]->min_opset, hi = ops[j]->max_opset;
+      /* Merge the following entries whose ranges touch this one. */
+      while (j + 1 < m && !strcmp(ops[j + 1]->name, ops[i]->name) &&
+             ops[j + 1]->min_opset <= hi + 1) {
+        j++;
+        if (ops[j]->max_opset > hi)
+          hi = ops[j]->max_opset;
+      }
+      /* The loader accepts models of opsets AD_OPSET_MIN..AD_OPSET_MAX only. */
+      if (lo < AD_OPSET_MIN)
+        lo = AD_OPSET_MIN;
+      if (hi > AD_OPSET_MAX)
+        hi = AD_OPSET_MAX;
+      if (lo <= hi)
+        printf(" %d-%d", lo, hi);
+      j++;
+    }
+    printf("\n");
+    i = j;
+  }
+  free(ops);
+}
+
 ad_status ad_cmd_inspect(int argc, char **argv) {
   const char *model = NULL;
   int64_t batch = 1;
+  int list_ops = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       fputs(inspect_help, stdout);
       return AD_OK;
     }
-    if (!strcmp(a, "--batch")) {
+    if (!strcmp(a, "--ops")) {
+      list_ops = 1;
+    } else if (!strcmp(a, "--batch")) {
       if (i + 1 >= argc)
         return ad_fail(AD_ERR_INPUT, "error: --batch needs a value\n%s", inspect_usage);
       char *end;
@@ -149,6 +208,13 @@ ad_status ad_cmd_inspect(int argc, char **argv) {
     } else {
       model = a;
     }
+  }
+  if (list_ops) {
+    if (model)
+      return ad_fail(AD_ERR_INPUT, "error: --ops takes no model (got '%s')\n%s", model,
+                     "usage: autodist inspect --ops");
+    print_ops();
+    return AD_OK;
   }
   if (!model)
     return ad_fail(AD_ERR_INPUT, "error: no model given\n%s", inspect_usage);
