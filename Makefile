@@ -29,6 +29,8 @@ test: build build-asan
 
 bench: build
 	/usr/bin/python3 bench/run.py
+	/usr/bin/python3 bench/run.py --models resnet18,encoder17
+	/usr/bin/python3 bench/infer.py
 	/usr/bin/python3 bench/strategies.py
 
 fuzz:

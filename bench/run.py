@@ -3,7 +3,8 @@
 
 Trains the full MLP (784-512-512-10) and CNN (PyTorch's MNIST-example shape)
 of tests/ref/models.py with SGD (lr 0.01, momentum 0.9) at global batch 64 on
-random MNIST-shaped data, with four contenders:
+random MNIST-shaped data (--models resnet18,encoder17: the real models of
+models.py, exported in training mode), with four contenders:
 
   autodist x1    `autodist run` on a plan for one CPU worker (core 0)
   pytorch x1     one process, torch.set_num_threads(1), pinned to core 0
@@ -48,7 +49,7 @@ BATCH = 64
 N_SAMPLES = BATCH * 8
 WARMUP = 5
 OPT = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
-STEPS = {"mlp": 60, "cnn": 30}
+STEPS = {"mlp": 60, "cnn": 30, "resnet18": 15, "encoder17": 30, "encoder": 30}
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -203,9 +204,13 @@ class Bench:
     import models
     d = os.path.join(self.work, model)
     os.makedirs(d, exist_ok=True)
-    models.export(model, os.path.join(d, "model.onnx"))
+    models.export(model, os.path.join(d, "model.onnx"), training=model in models.REAL)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((N_SAMPLES,) + models.sample_shape(model)).astype(np.float32)
+    shape = (N_SAMPLES,) + tuple(models.sample_shape(model))
+    if model in models.VOCAB:
+      x = rng.integers(0, models.VOCAB[model], size=shape).astype(np.int64)
+    else:
+      x = rng.standard_normal(shape).astype(np.float32)
     np.save(os.path.join(self.work, "x_%s.npy" % model), x)
     y = rng.integers(0, 10, size=(N_SAMPLES,)).astype(np.int64)
     np.save(os.path.join(self.work, "y.npy"), y)

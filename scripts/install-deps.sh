@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(cmake gcc g++ make pkg-config libprotobuf-c-dev protobuf-c-compiler libonnx-dev libyaml-dev
       llvm-16-dev libopenblas-dev libopenmpi-dev openmpi-bin libssh-dev openssh-server openssh-client
       python3 python3-pip python3-numpy python3-torch python3-onnx python3-sklearn python3-yaml
+      python3-torchvision
       clang-16 libclang-rt-16-dev)  # clang + libFuzzer: scripts/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do

@@ -11,6 +11,12 @@ Exports are restricted to the op set autodist supports (OPS below); export()
 prints the op types it produced and fails on anything else, so a PyTorch
 upgrade that changes the exported graph is caught here, not inside autodist.
 
+The real models (torchvision resnet18/resnet50/mobilenet_v2 at 3x64x64, and a
+transformer encoder) have batch norm or dropout: export(..., training=True)
+exports them with torch.onnx.TrainingMode.TRAINING, which keeps
+BatchNormalization in training mode and Dropout (p = 0) in the graph, the form
+autodist trains; the default is the eval-mode export an inference user makes.
+
     /usr/bin/python3 tests/ref/models.py OUT_DIR [NAME...]   # export models
 """
 import os
@@ -23,7 +29,8 @@ import torch.nn.functional as F
 # The ONNX ops autodist compiles (docs/ops.md); an export may use no others.
 OPS = frozenset("""Gemm MatMul Add Sub Mul Div Relu Sigmoid Tanh Softmax LogSoftmax Conv MaxPool
 AveragePool GlobalAveragePool Flatten Reshape Transpose Pad Constant Identity Dropout Gather
-ReduceMean ReduceSum""".split())
+ReduceMean ReduceSum BatchNormalization Clip Shape Unsqueeze Concat Slice Cast Pow Sqrt
+LayerNormalization""".split())
 
 OPSET = 13
 SEED = 0
@@ -92,6 +99,44 @@ class EmbedBag(nn.Module):
     return self.fc2(F.relu(self.fc1(h)))
 
 
+class Encoder(nn.Module):
+  """Token ids [batch, seq] -> nn.Embedding -> nn.TransformerEncoder (post-norm
+  layers, batch_first, dropout 0) -> mean over the sequence -> Linear."""
+
+  def __init__(self, vocab=100, d=32, heads=4, ff=64, layers=2, classes=10):
+    super().__init__()
+    self.emb = nn.Embedding(vocab, d)
+    layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
+    self.enc = nn.TransformerEncoder(layer, layers)
+    self.head = nn.Linear(d, classes)
+
+  def forward(self, x):
+    if x.dtype != torch.long:
+      x = x.long()
+    return self.head(self.enc(self.emb(x)).mean(1))
+
+
+def torchvision_model(name):
+  """A torchvision model with random weights and 10 classes. Every residual
+  block starts as the identity (the last batch norm of its branch has weight
+  0: torchvision's zero_init_residual for the resnets, the same done by hand
+  for mobilenet_v2's inverted residuals), the usual recipe for training from
+  scratch. Without it the float32 backward pass of these deep batch-norm nets
+  loses about 2% of the gradient to cancellation at initialization (PyTorch
+  float32 against float64), and runs of any float32 code part within steps.
+  mobilenet_v2's classifier dropout is 0 (autodist trains Dropout only with
+  p = 0)."""
+  import torchvision
+  if name.startswith("resnet"):
+    return getattr(torchvision.models, name)(num_classes=10, zero_init_residual=True)
+  m = getattr(torchvision.models, name)(num_classes=10, dropout=0.0)
+  for block in m.modules():
+    if isinstance(block, torchvision.models.mobilenetv2.InvertedResidual) and block.use_res_connect:
+      last_bn = [b for b in block.modules() if isinstance(b, nn.BatchNorm2d)][-1]
+      nn.init.zeros_(last_bn.weight)
+  return m
+
+
 # name -> (constructor, shape of one sample, kind of output)
 # "classes": logits for cross_entropy over 10 classes; "regress": 3 floats for mse.
 MODELS = {
@@ -107,17 +152,31 @@ MODELS = {
     "embed_small": (lambda: EmbedBag(500, 16, 16, 4), (8,), "classes"),
     # examples/embedding: a 50,000-word vocabulary, 16 tokens per document.
     "embed": (lambda: EmbedBag(50000, 32, 64, 4), (16,), "classes"),
+    # Issue 5: real models. torchvision's (random weights) on 3x64x64 images.
+    "resnet18": (lambda: torchvision_model("resnet18"), (3, 64, 64), "classes"),
+    "resnet50": (lambda: torchvision_model("resnet50"), (3, 64, 64), "classes"),
+    "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), (3, 64, 64), "classes"),
+    # Embedding + 2 transformer encoder layers (4 heads) + head, 12 tokens.
+    "encoder": (lambda: Encoder(), (12,), "classes"),
 }
+
+# Opset of each model's export where it is not OPSET. encoder17 is the encoder
+# at opset 17, where layer norm exports as one LayerNormalization.
+MODELS["encoder17"] = MODELS["encoder"]
+OPSETS = {"encoder17": 17}
+# Models with batch norm or dropout: a training run needs their training-mode
+# export (export(..., training=True)).
+REAL = frozenset(["resnet18", "resnet50", "mobilenet_v2", "encoder", "encoder17"])
 
 # Models whose input is int64 token ids: name -> vocabulary size. Their
 # outputs are 4 class logits (CLASSES), not 10.
-VOCAB = {"embed_small": 500, "embed": 50000}
+VOCAB = {"embed_small": 500, "embed": 50000, "encoder": 100, "encoder17": 100}
 CLASSES = {"embed_small": 4, "embed": 4}
 
 
 def build(name, seed=SEED):
   """The model `name` with its seeded initial weights, in float32, eval mode
-  (the models have no dropout or batch norm, so the mode changes nothing)."""
+  (call .train() to train the models that have batch norm)."""
   ctor = MODELS[name][0]
   torch.manual_seed(seed)
   m = ctor().float()
@@ -141,16 +200,24 @@ def onnx_op_types(path_or_model):
   return [n.op_type for n in m.graph.node]
 
 
-def export_module(module, sample_shape_, path, opset=OPSET, dtype=torch.float32):
+def export_module(module, sample_shape_, path, opset=OPSET, dtype=torch.float32, training=False):
   """Exports `module` to `path`: input "input" (of `dtype`: int64 for token
   ids) and output "logits" with a dynamic first axis "batch", parameters as
-  initializers, constants folded. Returns the list of op types; raises if one
-  is outside OPS."""
+  initializers, constants folded (training=False) or, with training=True, in
+  torch.onnx.TrainingMode.TRAINING without folding (BatchNormalization and
+  Dropout stay). Returns the list of op types; raises if one is outside OPS."""
   x = torch.zeros((2,) + tuple(sample_shape_), dtype=dtype)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  mode = {"training": torch.onnx.TrainingMode.TRAINING} if training else {}
+  if training:
+    # Tracing in training mode runs batch norm's forward, which moves its
+    # running statistics: export a copy, so `module` keeps its initial state.
+    import copy
+    module = copy.deepcopy(module)
   torch.onnx.export(module, (x,), path, export_params=True, opset_version=opset,
-                    do_constant_folding=True, input_names=["input"], output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                    do_constant_folding=not training, input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **mode)
   ops = onnx_op_types(path)
   bad = sorted(set(ops) - OPS)
   if bad:
@@ -158,11 +225,12 @@ def export_module(module, sample_shape_, path, opset=OPSET, dtype=torch.float32)
   return ops
 
 
-def export(name, path, seed=SEED, opset=OPSET):
+def export(name, path, seed=SEED, opset=None, training=False):
   """Builds model `name` (seeded) and exports it; returns (module, op types)."""
   m = build(name, seed)
   dtype = torch.int64 if name in VOCAB else torch.float32
-  return m, export_module(m, sample_shape(name), path, opset, dtype)
+  opset = opset or OPSETS.get(name, OPSET)
+  return m, export_module(m, sample_shape(name), path, opset, dtype, training)
 
 
 def main(argv):
