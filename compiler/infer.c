@@ -78,8 +78,9 @@ ad_status ad_cmd_infer(int argc, char **argv) {
       st = ad_fail(AD_ERR_INPUT, "error: unexpected argument '%s'\n%s", argv[i], infer_usage);
     }
   }
-  if (st == AD_OK && (!model || !n_data || !n_out))
-    st = ad_fail(AD_ERR_INPUT, "error: infer needs a model, --data and --out\n%s", infer_usage);
+  /* --data may be left out only by a model without inputs (checked below). */
+  if (st == AD_OK && (!model || !n_out))
+    st = ad_fail(AD_ERR_INPUT, "error: infer needs a model and --out\n%s", infer_usage);
 
   ad_npy arrays[MAX_IO];
   memset(arrays, 0, sizeof arrays);
