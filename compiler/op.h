@@ -108,5 +108,9 @@ ad_status ad_infer_broadcast(ad_graph *g,
                              ad_node *n); /* out = broadcast of all inputs, dtype of in[0] */
 ad_status ad_infer_same(ad_graph *g, ad_node *n);            /* out = shape/dtype of in[0] */
 ad_status ad_infer_need_f32(ad_graph *g, ad_node *n, int i); /* input i is float32 */
+/* The runtime kernels' dtype code (AD_K_F32 ..., runtime/kernels_shape.h) of t. */
+int ad_op_kernel_dtype(ad_dtype t);
+/* The dtype of ONNX TensorProto.DataType `code` when autodist has it (1), else 0. */
+int ad_op_dtype_of_onnx(int64_t code, ad_dtype *out);
 
 #endif

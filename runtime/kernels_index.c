@@ -11,6 +11,7 @@
  * scatter_add skips it.
  */
 #include "kernels.h"
+#include "kernels_axes.h"
 
 #include <math.h>
 
@@ -64,24 +65,13 @@ void ad_k_reduce_axes(const int64_t *p, const float *x, float *y) {
   int r = (int)p[0];
   const int64_t *dims = p + 1, *mask = p + 1 + r;
   float div = ad_k_f32(p[1 + 2 * r]);
-  int64_t ystride[16], ny = 1, nx = 1;
-  for (int i = r - 1; i >= 0; i--) {
-    ystride[i] = mask[i] ? 0 : ny;
-    if (!mask[i])
-      ny *= dims[i];
-    nx *= dims[i];
-  }
+  int64_t ystride[16], ny, nx;
+  ad_k_axes_layout(r, dims, mask, ystride, &ny, &nx);
   memset(y, 0, sizeof(float) * (size_t)ny);
   int64_t pos[16] = {0}, off = 0;
   for (int64_t e = 0; e < nx; e++) {
     y[off] += x[e];
-    for (int i = r - 1; i >= 0; i--) {
-      off += ystride[i];
-      if (++pos[i] < dims[i])
-        break;
-      off -= ystride[i] * dims[i];
-      pos[i] = 0;
-    }
+    ad_k_axes_next(r, dims, ystride, pos, &off);
   }
   if (div != 1.0f)
     for (int64_t i = 0; i < ny; i++)

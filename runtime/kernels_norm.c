@@ -12,6 +12,7 @@
  * (S = spatial cells), layer normalization as [outer, inner] rows.
  */
 #include "kernels.h"
+#include "kernels_axes.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -211,13 +212,8 @@ void ad_k_mvn_fwd(const int64_t *p, const float *x, float *y, double *ws) {
   int r = (int)p[0];
   const int64_t *dims = p + 1, *mask = p + 1 + r;
   double eps = ad_k_f32(p[1 + 2 * r]);
-  int64_t stride[16], ny = 1, nx = 1;
-  for (int i = r - 1; i >= 0; i--) {
-    stride[i] = mask[i] ? 0 : ny;
-    if (!mask[i])
-      ny *= dims[i];
-    nx *= dims[i];
-  }
+  int64_t stride[16], ny, nx;
+  ad_k_axes_layout(r, dims, mask, stride, &ny, &nx);
   double *sum = ws, *sq = ws + ny, cnt = (double)(nx / (ny ? ny : 1));
   for (int pass = 0; pass < 3; pass++) {
     if (pass == 0)
@@ -231,13 +227,7 @@ void ad_k_mvn_fwd(const int64_t *p, const float *x, float *y, double *ws) {
         sq[off] += ((double)x[e] - sum[off]) * ((double)x[e] - sum[off]);
       else
         y[e] = (float)(((double)x[e] - sum[off]) / (sqrt(sq[off]) + eps));
-      for (int i = r - 1; i >= 0; i--) {
-        off += stride[i];
-        if (++pos[i] < dims[i])
-          break;
-        off -= stride[i] * dims[i];
-        pos[i] = 0;
-      }
+      ad_k_axes_next(r, dims, stride, pos, &off);
     }
     if (pass == 0)
       for (int64_t i = 0; i < ny; i++)

@@ -43,6 +43,19 @@ static void taps(int64_t o0, int64_t d, int64_t k, int64_t n, int64_t *lo, int64
   *hi = b < a ? a : b;
 }
 
+/* The window of output (oy, ox): its top-left cell (y0, x0), possibly in the
+ * padding, and the taps [ylo, yhi) x [xlo, xhi) that land in the image. */
+typedef struct pool_win {
+  int64_t y0, x0, ylo, yhi, xlo, xhi;
+} pool_win;
+
+static pool_win window_of(const pool_geom *g, int64_t oy, int64_t ox) {
+  pool_win w = {.y0 = oy * g->sh - g->pt, .x0 = ox * g->sw - g->pl};
+  taps(w.y0, g->dh, g->kh, g->h, &w.ylo, &w.yhi);
+  taps(w.x0, g->dw, g->kw, g->w, &w.xlo, &w.xhi);
+  return w;
+}
+
 /* The max pooling rule: v replaces the running max m when greater, and a NaN
  * always replaces it (so NaN propagates). Branch-free selects: with random
  * data a branch here mispredicts about half the time. */
@@ -53,16 +66,13 @@ static inline int takes(float v, float m) {
 /* Offset in the plane of the window maximum for output (oy, ox), or -1 when
  * the window holds no image cell. */
 static int64_t window_argmax(const pool_geom *g, const float *xp, int64_t oy, int64_t ox) {
-  const int64_t y0 = oy * g->sh - g->pt, x0 = ox * g->sw - g->pl;
-  int64_t ylo, yhi, xlo, xhi;
-  taps(y0, g->dh, g->kh, g->h, &ylo, &yhi);
-  taps(x0, g->dw, g->kw, g->w, &xlo, &xhi);
+  const pool_win w = window_of(g, oy, ox);
   int64_t best = -1;
   float mx = -INFINITY;
-  for (int64_t ky = ylo; ky < yhi; ky++) {
-    const int64_t row = (y0 + ky * g->dh) * g->w;
-    for (int64_t kx = xlo; kx < xhi; kx++) {
-      const int64_t off = row + x0 + kx * g->dw;
+  for (int64_t ky = w.ylo; ky < w.yhi; ky++) {
+    const int64_t row = (w.y0 + ky * g->dh) * g->w;
+    for (int64_t kx = w.xlo; kx < w.xhi; kx++) {
+      const int64_t off = row + w.x0 + kx * g->dw;
       const float v = xp[off];
       if (best < 0 || takes(v, mx)) {
         best = off;
@@ -173,38 +183,45 @@ void ad_k_maxpool2d_bwd(const int64_t *p, const float *x, const float *dy, float
 /* The divisor of window (oy, ox): all kh * kw taps when padding counts (the
  * implied bottom/right padding keeps every window inside the padded image),
  * else the taps that land in the image. */
-static int64_t avg_count(const pool_geom *g, int64_t ylo, int64_t yhi, int64_t xlo, int64_t xhi) {
+static int64_t avg_count(const pool_geom *g, const pool_win *w) {
   if (g->include_pad)
     return g->kh * g->kw;
-  return (yhi - ylo) * (xhi - xlo);
+  return (w->yhi - w->ylo) * (w->xhi - w->xlo);
 }
 
-void ad_k_avgpool2d_fwd(const int64_t *p, const float *x, float *y) {
+/* A pooled output cell from the window w of the plane xp; e: LpPool's p. */
+typedef float (*pool_cell)(const pool_geom *g, const float *xp, const pool_win *w, double e);
+
+/* y[plane, oy, ox] = cell(window (oy, ox) of x's plane), every plane. */
+static void pool_fwd(const int64_t *p, const float *x, float *y, pool_cell cell, double e) {
   const pool_geom g = pool_geom_of(p);
   const int64_t planes = g.n * g.c;
   for (int64_t pl = 0; pl < planes; pl++) {
     const float *xp = x + pl * g.h * g.w;
     float *yp = y + pl * g.oh * g.ow;
-    for (int64_t oy = 0; oy < g.oh; oy++) {
-      const int64_t y0 = oy * g.sh - g.pt;
-      int64_t ylo, yhi;
-      taps(y0, g.dh, g.kh, g.h, &ylo, &yhi);
+    for (int64_t oy = 0; oy < g.oh; oy++)
       for (int64_t ox = 0; ox < g.ow; ox++) {
-        const int64_t x0 = ox * g.sw - g.pl;
-        int64_t xlo, xhi;
-        taps(x0, g.dw, g.kw, g.w, &xlo, &xhi);
-        float s = 0.0f;
-        for (int64_t ky = ylo; ky < yhi; ky++) {
-          const int64_t r = (y0 + ky * g.dh) * g.w + x0;
-          for (int64_t kx = xlo; kx < xhi; kx++)
-            s += xp[r + kx * g.dw];
-        }
-        const int64_t cnt = avg_count(&g, ylo, yhi, xlo, xhi);
-        /* A window entirely in the padding has no cells to average: 0. */
-        yp[oy * g.ow + ox] = cnt > 0 ? s / (float)cnt : 0.0f;
+        const pool_win w = window_of(&g, oy, ox);
+        yp[oy * g.ow + ox] = cell(&g, xp, &w, e);
       }
-    }
   }
+}
+
+static float avg_cell(const pool_geom *g, const float *xp, const pool_win *w, double e) {
+  (void)e;
+  float s = 0.0f;
+  for (int64_t ky = w->ylo; ky < w->yhi; ky++) {
+    const int64_t r = (w->y0 + ky * g->dh) * g->w + w->x0;
+    for (int64_t kx = w->xlo; kx < w->xhi; kx++)
+      s += xp[r + kx * g->dw];
+  }
+  const int64_t cnt = avg_count(g, w);
+  /* A window entirely in the padding has no cells to average: 0. */
+  return cnt > 0 ? s / (float)cnt : 0.0f;
+}
+
+void ad_k_avgpool2d_fwd(const int64_t *p, const float *x, float *y) {
+  pool_fwd(p, x, y, avg_cell, 0);
 }
 
 void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx) {
@@ -215,20 +232,15 @@ void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx) {
     const float *dyp = dy + pl * g.oh * g.ow;
     float *dxp = dx + pl * g.h * g.w;
     for (int64_t oy = 0; oy < g.oh; oy++) {
-      const int64_t y0 = oy * g.sh - g.pt;
-      int64_t ylo, yhi;
-      taps(y0, g.dh, g.kh, g.h, &ylo, &yhi);
       for (int64_t ox = 0; ox < g.ow; ox++) {
-        const int64_t x0 = ox * g.sw - g.pl;
-        int64_t xlo, xhi;
-        taps(x0, g.dw, g.kw, g.w, &xlo, &xhi);
-        const int64_t cnt = avg_count(&g, ylo, yhi, xlo, xhi);
+        const pool_win w = window_of(&g, oy, ox);
+        const int64_t cnt = avg_count(&g, &w);
         if (cnt <= 0)
           continue;
         const float v = dyp[oy * g.ow + ox] / (float)cnt;
-        for (int64_t ky = ylo; ky < yhi; ky++) {
-          const int64_t r = (y0 + ky * g.dh) * g.w + x0;
-          for (int64_t kx = xlo; kx < xhi; kx++)
+        for (int64_t ky = w.ylo; ky < w.yhi; ky++) {
+          const int64_t r = (w.y0 + ky * g.dh) * g.w + w.x0;
+          for (int64_t kx = w.xlo; kx < w.xhi; kx++)
             dxp[r + kx * g.dw] += v;
         }
       }
@@ -256,29 +268,16 @@ void ad_k_maxpool2d_idx_fwd(const int64_t *p, const float *x, float *y, int64_t 
 
 /* LpPool: y = (sum over the window's image cells of |x|^p)^(1/p), padding
  * counting as zeros; p[15] = the norm's p. */
-void ad_k_lppool2d_fwd(const int64_t *p, const float *x, float *y) {
-  const pool_geom g = pool_geom_of(p);
-  const double e = (double)p[15];
-  const int64_t planes = g.n * g.c;
-  for (int64_t pl = 0; pl < planes; pl++) {
-    const float *xp = x + pl * g.h * g.w;
-    float *yp = y + pl * g.oh * g.ow;
-    for (int64_t oy = 0; oy < g.oh; oy++) {
-      const int64_t y0 = oy * g.sh - g.pt;
-      int64_t ylo, yhi;
-      taps(y0, g.dh, g.kh, g.h, &ylo, &yhi);
-      for (int64_t ox = 0; ox < g.ow; ox++) {
-        const int64_t x0 = ox * g.sw - g.pl;
-        int64_t xlo, xhi;
-        taps(x0, g.dw, g.kw, g.w, &xlo, &xhi);
-        double s = 0;
-        for (int64_t ky = ylo; ky < yhi; ky++) {
-          const int64_t r = (y0 + ky * g.dh) * g.w + x0;
-          for (int64_t kx = xlo; kx < xhi; kx++)
-            s += pow(fabs((double)xp[r + kx * g.dw]), e);
-        }
-        yp[oy * g.ow + ox] = (float)pow(s, 1.0 / e);
-      }
-    }
+static float lp_cell(const pool_geom *g, const float *xp, const pool_win *w, double e) {
+  double s = 0;
+  for (int64_t ky = w->ylo; ky < w->yhi; ky++) {
+    const int64_t r = (w->y0 + ky * g->dh) * g->w + w->x0;
+    for (int64_t kx = w->xlo; kx < w->xhi; kx++)
+      s += pow(fabs((double)xp[r + kx * g->dw]), e);
   }
+  return (float)pow(s, 1.0 / e);
+}
+
+void ad_k_lppool2d_fwd(const int64_t *p, const float *x, float *y) {
+  pool_fwd(p, x, y, lp_cell, (double)p[15]);
 }

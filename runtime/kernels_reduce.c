@@ -11,6 +11,7 @@
  * sum only in float rounding.
  */
 #include "kernels.h"
+#include "kernels_axes.h"
 
 #include <math.h>
 
@@ -81,25 +82,14 @@ void ad_k_reduce(const int64_t *p, const float *x, float *y, double *ws) {
   int r = (int)p[0];
   const int64_t *dims = p + 1, *mask = p + 1 + r;
   int64_t kind = p[1 + 2 * r];
-  int64_t ystride[AD_K_MAX_RANK], ny = 1, nx = 1;
-  for (int i = r - 1; i >= 0; i--) {
-    ystride[i] = mask[i] ? 0 : ny;
-    if (!mask[i])
-      ny *= dims[i];
-    nx *= dims[i];
-  }
+  int64_t ystride[AD_K_MAX_RANK], ny, nx;
+  ad_k_axes_layout(r, dims, mask, ystride, &ny, &nx);
   for (int64_t i = 0; i < ny; i++)
     ws[i] = reduce_init(kind);
   int64_t pos[AD_K_MAX_RANK] = {0}, off = 0;
   for (int64_t e = 0; e < nx; e++) {
     ws[off] = reduce_step(kind, ws[off], x[e]);
-    for (int i = r - 1; i >= 0; i--) {
-      off += ystride[i];
-      if (++pos[i] < dims[i])
-        break;
-      off -= ystride[i] * dims[i];
-      pos[i] = 0;
-    }
+    ad_k_axes_next(r, dims, ystride, pos, &off);
   }
   double count = ny ? (double)(nx / ny) : 0;
   for (int64_t i = 0; i < ny; i++)
@@ -110,13 +100,8 @@ void ad_k_reduce_minmax_bwd(const int64_t *p, const float *x, const float *y, co
                             float *dx, float *ws) {
   int r = (int)p[0];
   const int64_t *dims = p + 1, *mask = p + 1 + r;
-  int64_t ystride[AD_K_MAX_RANK], ny = 1, nx = 1;
-  for (int i = r - 1; i >= 0; i--) {
-    ystride[i] = mask[i] ? 0 : ny;
-    if (!mask[i])
-      ny *= dims[i];
-    nx *= dims[i];
-  }
+  int64_t ystride[AD_K_MAX_RANK], ny, nx;
+  ad_k_axes_layout(r, dims, mask, ystride, &ny, &nx);
   for (int pass = 0; pass < 2; pass++) {
     if (pass == 0)
       memset(ws, 0, sizeof(float) * (size_t)ny);
@@ -127,13 +112,7 @@ void ad_k_reduce_minmax_bwd(const int64_t *p, const float *x, const float *y, co
         ws[off] += (float)hit;
       else
         dx[e] = hit ? dy[off] / ws[off] : 0.0f;
-      for (int i = r - 1; i >= 0; i--) {
-        off += ystride[i];
-        if (++pos[i] < dims[i])
-          break;
-        off -= ystride[i] * dims[i];
-        pos[i] = 0;
-      }
+      ad_k_axes_next(r, dims, ystride, pos, &off);
     }
   }
 }

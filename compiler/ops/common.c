@@ -1,6 +1,7 @@
 /*
  * compiler/ops/common.c: shape-inference helpers shared by the op families.
  */
+#include "../../runtime/kernels_shape.h"
 #include "../op.h"
 
 #include <string.h>
@@ -50,4 +51,41 @@ ad_status ad_infer_broadcast(ad_graph *g, ad_node *n) {
   for (int k = 0; k < r; k++)
     y->dims[k] = dims[k];
   return AD_OK;
+}
+
+int ad_op_kernel_dtype(ad_dtype t) {
+  switch (t) {
+  case AD_F32:
+    return AD_K_F32;
+  case AD_I64:
+    return AD_K_I64;
+  case AD_I32:
+    return AD_K_I32;
+  case AD_U8:
+    return AD_K_U8;
+  default:
+    return AD_K_BOOL;
+  }
+}
+
+int ad_op_dtype_of_onnx(int64_t code, ad_dtype *out) {
+  switch (code) {
+  case 1:
+    *out = AD_F32;
+    return 1;
+  case 2:
+    *out = AD_U8;
+    return 1;
+  case 6:
+    *out = AD_I32;
+    return 1;
+  case 7:
+    *out = AD_I64;
+    return 1;
+  case 9:
+    *out = AD_BOOL;
+    return 1;
+  default:
+    return 0;
+  }
 }

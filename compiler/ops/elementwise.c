@@ -180,33 +180,10 @@ static ad_status infer_where(ad_graph *g, ad_node *n) {
   return set_broadcast(g, n, n->in[1]->dtype);
 }
 
-/* ONNX TensorProto.DataType codes of the dtypes autodist stores. */
-static int dtype_from_onnx(int64_t code, ad_dtype *out) {
-  switch (code) {
-  case 1:
-    *out = AD_F32;
-    return 1;
-  case 2:
-    *out = AD_U8;
-    return 1;
-  case 6:
-    *out = AD_I32;
-    return 1;
-  case 7:
-    *out = AD_I64;
-    return 1;
-  case 9:
-    *out = AD_BOOL;
-    return 1;
-  default:
-    return 0;
-  }
-}
-
 static ad_status infer_cast(ad_graph *g, ad_node *n) {
   int64_t code = ad_attr_int(n, "to", -1);
   ad_dtype to;
-  if (!dtype_from_onnx(code, &to))
+  if (!ad_op_dtype_of_onnx(code, &to))
     return ad_fail(AD_ERR_INPUT,
                    "%s: error: cast to ONNX type %lld is not supported (float32, int64, int32, "
                    "uint8, bool)",

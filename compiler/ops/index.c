@@ -302,21 +302,6 @@ static ad_status lower_gather_nd(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-static int kernel_dtype(ad_dtype t) {
-  switch (t) {
-  case AD_F32:
-    return AD_K_F32;
-  case AD_I64:
-    return AD_K_I64;
-  case AD_I32:
-    return AD_K_I32;
-  case AD_U8:
-    return AD_K_U8;
-  default:
-    return AD_K_BOOL;
-  }
-}
-
 /* OneHot's depth (a constant scalar of any numeric dtype) and axis. */
 static ad_status onehot_read(ad_graph *g, const ad_node *n, int64_t *depth, int *axis) {
   ad_value *d = n->in[1], *idx = n->in[0];
@@ -384,7 +369,8 @@ static ad_status lower_onehot(ad_cg *cg, const ad_node *n) {
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < idx->rank; i++)
     *(i < axis ? &outer : &inner) *= idx->dims[i];
-  int64_t p[5] = {(int64_t)ad_dtype_size(y->dtype), outer, depth, inner, kernel_dtype(idx->dtype)};
+  int64_t p[5] = {(int64_t)ad_dtype_size(y->dtype), outer, depth, inner,
+                  ad_op_kernel_dtype(idx->dtype)};
   LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, idx), ad_cg_ptr(cg, n->in[2]), ad_cg_ptr(cg, y)};
   ad_cg_call_kernel(cg, "ad_k_onehot", p, 5, ptrs, 3);
   return AD_OK;

@@ -56,14 +56,20 @@ static ad_status grad_identity(ad_grad *gc, const ad_node *n) {
   return AD_OK;
 }
 
-/* Reads a constant int64 vector input (Reshape's shape, Pad's pads/axes). */
-static ad_status const_ints(ad_graph *g, const ad_node *n, int i, const char *what, int64_t **vals,
-                            int *len) {
-  ad_value *v = n->in[i];
+/* Input v (named `what` in messages) must be a compile-time constant. */
+static ad_status need_const(ad_graph *g, const ad_node *n, const ad_value *v, const char *what) {
   if (v->kind != AD_VAL_CONST || !v->data)
     return ad_fail(AD_ERR_INPUT,
                    "%s: error: %s input '%s' must be a constant (known at compile time)",
                    ad_node_where(g, n), what, v->name);
+  return AD_OK;
+}
+
+/* Reads a constant int64 vector input (Reshape's shape, Pad's pads/axes). */
+static ad_status const_ints(ad_graph *g, const ad_node *n, int i, const char *what, int64_t **vals,
+                            int *len) {
+  ad_value *v = n->in[i];
+  AD_TRY(need_const(g, n, v, what));
   if (v->dtype != AD_I64 || v->rank != 1)
     return ad_fail(AD_ERR_INPUT, "%s: error: %s input '%s' must be a 1-D int64 tensor, got %s %s",
                    ad_node_where(g, n), what, v->name, ad_dtype_name(v->dtype),
@@ -85,10 +91,7 @@ static void cost_copy(const ad_node *n, double *flops, double *bytes) {
 static ad_status const_int_list(ad_graph *g, const ad_node *n, int i, const char *what,
                                 int64_t **vals, int *len) {
   ad_value *v = n->in[i];
-  if (v->kind != AD_VAL_CONST || !v->data)
-    return ad_fail(AD_ERR_INPUT,
-                   "%s: error: %s input '%s' must be a constant (known at compile time)",
-                   ad_node_where(g, n), what, v->name);
+  AD_TRY(need_const(g, n, v, what));
   if ((v->dtype != AD_I64 && v->dtype != AD_I32) || v->rank > 1)
     return ad_fail(AD_ERR_INPUT,
                    "%s: error: %s input '%s' must be an int64 or int32 list, got %s %s",
@@ -147,6 +150,12 @@ static void emit_copy(ad_cg *cg, size_t esize, const copy_view *cv, LLVMValueRef
   ad_cg_call_kernel(cg, "ad_k_copy_strided", p, k, ptrs, 2);
 }
 
+/* The copy cv from value x to value y, by x's element size; none when y is empty. */
+static void copy_values(ad_cg *cg, const copy_view *cv, const ad_value *x, const ad_value *y) {
+  if (ad_value_numel(y))
+    emit_copy(cg, ad_dtype_size(x->dtype), cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+}
+
 static void emit_fill(ad_cg *cg, size_t esize, int64_t n, int64_t value, LLVMValueRef dst) {
   int64_t p[3] = {(int64_t)esize, n, value};
   ad_cg_call_kernel(cg, "ad_k_fill", p, 3, &dst, 1);
@@ -189,9 +198,6 @@ static ad_status infer_identity(ad_graph *g, ad_node *n) {
   return ad_infer_same(g, n);
 }
 
-/* Dropout is the identity at inference, which is how autodist runs it in
- * training too (exported models carry it in eval mode). A graph that asks for
- * training-mode dropout or its mask cannot be served and is rejected. */
 /* Dropout is the identity at inference (training_mode false or absent), and
  * in training mode with ratio 0 (how PyTorch exports nn.Dropout(p=0) with
  * TrainingMode.TRAINING); random masks are not supported. The optional mask
@@ -206,8 +212,8 @@ static ad_status infer_dropout(ad_graph *g, ad_node *n) {
     if (*(const uint8_t *)t->data) {
       ad_value *r = n->n_in > 1 ? n->in[1] : NULL;
       float ratio = 0.5f; /* the ONNX default */
-      if (r && (r->kind != AD_VAL_CONST || !r->data || r->dtype != AD_F32 ||
-                ad_value_numel(r) != 1))
+      if (r &&
+          (r->kind != AD_VAL_CONST || !r->data || r->dtype != AD_F32 || ad_value_numel(r) != 1))
         return ad_fail(AD_ERR_INPUT, "%s: error: ratio input '%s' must be a constant float scalar",
                        ad_node_where(g, n), r->name);
       if (r)
@@ -363,8 +369,7 @@ static ad_status lower_transpose(ad_cg *cg, const ad_node *n) {
     view_dense(&cv, r, n->out[0]->dims);
     for (int i = 0; i < r; i++)
       cv.sstr[i] = xst[perm[i]];
-    if (ad_value_numel(x))
-      emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, n->out[0]));
+    copy_values(cg, &cv, x, n->out[0]);
     return AD_OK;
   }
   p[k++] = r;
@@ -486,13 +491,19 @@ static int pad_params(const ad_value *x, const pad_spec *ps, int64_t *p) {
   return k;
 }
 
+/* Calls the pad kernel `kernel` from in[0] to out[0]; x is the unpadded side. */
+static void call_pad(ad_cg *cg, const ad_node *n, const ad_value *x, const pad_spec *ps,
+                     const char *kernel) {
+  int64_t p[2 + 3 * AD_MAX_RANK];
+  int k = pad_params(x, ps, p);
+  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
+  ad_cg_call_kernel(cg, kernel, p, k, ptrs, 2);
+}
+
 static ad_status lower_pad(ad_cg *cg, const ad_node *n) {
   pad_spec ps;
   AD_TRY(pad_read(ad_cg_graph(cg), n, &ps));
-  int64_t p[2 + 3 * AD_MAX_RANK];
-  int k = pad_params(n->in[0], &ps, p);
-  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
-  ad_cg_call_kernel(cg, "ad_k_pad_fwd", p, k, ptrs, 2);
+  call_pad(cg, n, n->in[0], &ps, "ad_k_pad_fwd");
   return AD_OK;
 }
 
@@ -538,10 +549,7 @@ static ad_status infer_pad_grad(ad_graph *g, ad_node *n) {
 static ad_status lower_pad_grad(ad_cg *cg, const ad_node *n) {
   pad_spec ps;
   AD_TRY(pad_grad_spec(ad_cg_graph(cg), n, &ps));
-  int64_t p[2 + 3 * AD_MAX_RANK];
-  int k = pad_params(n->out[0], &ps, p);
-  LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
-  ad_cg_call_kernel(cg, "ad_k_pad_bwd", p, k, ptrs, 2);
+  call_pad(cg, n, n->out[0], &ps, "ad_k_pad_bwd");
   return AD_OK;
 }
 
@@ -598,6 +606,23 @@ static ad_status infer_concat(ad_graph *g, ad_node *n) {
   return AD_OK;
 }
 
+/* Copies `piece` (dense) into `whole` (into_whole: Concat) or out of it
+ * (Split) at element offset `off` of whole, whose dense strides are wst. */
+static void copy_piece(ad_cg *cg, const ad_value *piece, const ad_value *whole, const int64_t *wst,
+                       int64_t off, int into_whole) {
+  copy_view cv;
+  view_dense(&cv, piece->rank, piece->dims);
+  memcpy(into_whole ? cv.dstr : cv.sstr, wst, sizeof(int64_t) * (size_t)whole->rank);
+  if (into_whole)
+    cv.doff = off;
+  else
+    cv.soff = off;
+  if (!ad_value_numel(piece))
+    return;
+  LLVMValueRef src = ad_cg_ptr(cg, into_whole ? piece : whole);
+  emit_copy(cg, ad_dtype_size(piece->dtype), &cv, src, ad_cg_ptr(cg, into_whole ? whole : piece));
+}
+
 static ad_status lower_concat(ad_cg *cg, const ad_node *n) {
   ad_value *y = n->out[0];
   int axis = 0;
@@ -605,14 +630,8 @@ static ad_status lower_concat(ad_cg *cg, const ad_node *n) {
   int64_t yst[AD_MAX_RANK], at = 0;
   dense_strides(y->rank, y->dims, yst);
   for (int i = 0; i < n->n_in; i++) {
-    ad_value *x = n->in[i];
-    copy_view cv;
-    view_dense(&cv, x->rank, x->dims);
-    memcpy(cv.dstr, yst, sizeof(int64_t) * (size_t)y->rank);
-    cv.doff = at * yst[axis];
-    at += x->dims[axis];
-    if (ad_value_numel(x))
-      emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+    copy_piece(cg, n->in[i], y, yst, at * yst[axis], 1);
+    at += n->in[i]->dims[axis];
   }
   return AD_OK;
 }
@@ -740,9 +759,7 @@ static ad_status lower_slice(ad_cg *cg, const ad_node *n) {
   AD_TRY(slice_read(ad_cg_graph(cg), n, &ss));
   copy_view cv;
   slice_view(n->in[0], &ss, &cv);
-  if (ad_value_numel(n->out[0]))
-    emit_copy(cg, ad_dtype_size(n->in[0]->dtype), &cv, ad_cg_ptr(cg, n->in[0]),
-              ad_cg_ptr(cg, n->out[0]));
+  copy_values(cg, &cv, n->in[0], n->out[0]);
   return AD_OK;
 }
 
@@ -869,14 +886,8 @@ static ad_status lower_split(ad_cg *cg, const ad_node *n) {
   ad_value *x = n->in[0];
   dense_strides(x->rank, x->dims, xst);
   for (int i = 0; i < n->n_out; i++) {
-    ad_value *y = n->out[i];
-    copy_view cv;
-    view_dense(&cv, y->rank, y->dims);
-    memcpy(cv.sstr, xst, sizeof(int64_t) * (size_t)x->rank);
-    cv.soff = at * xst[axis];
+    copy_piece(cg, n->out[i], x, xst, at * xst[axis], 0);
     at += sizes[i];
-    if (ad_value_numel(y))
-      emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
   }
   return AD_OK;
 }
@@ -1000,8 +1011,7 @@ static ad_status lower_expand(ad_cg *cg, const ad_node *n) {
     int xi = i - (y->rank - x->rank);
     cv.sstr[i] = xi < 0 || x->dims[xi] == 1 ? 0 : xst[xi];
   }
-  if (ad_value_numel(y))
-    emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  copy_values(cg, &cv, x, y);
   return AD_OK;
 }
 
@@ -1056,8 +1066,7 @@ static ad_status lower_tile(ad_cg *cg, const ad_node *n) {
     cv.dstr[2 * i] = x->dims[i] * yst[i];
     cv.dstr[2 * i + 1] = yst[i];
   }
-  if (ad_value_numel(y))
-    emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  copy_values(cg, &cv, x, y);
   return AD_OK;
 }
 
@@ -1131,21 +1140,6 @@ static ad_status lower_constant_of_shape(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-static int kernel_dtype(ad_dtype t) {
-  switch (t) {
-  case AD_F32:
-    return AD_K_F32;
-  case AD_I64:
-    return AD_K_I64;
-  case AD_I32:
-    return AD_K_I32;
-  case AD_U8:
-    return AD_K_U8;
-  default:
-    return AD_K_BOOL;
-  }
-}
-
 /* Range's scalar inputs as doubles (int64 exactly below 2^53). */
 static ad_status range_read(ad_graph *g, const ad_node *n, double v[3]) {
   static const char *names[3] = {"start", "limit", "delta"};
@@ -1191,7 +1185,7 @@ static ad_status infer_range(ad_graph *g, ad_node *n) {
 
 static ad_status lower_range(ad_cg *cg, const ad_node *n) {
   ad_value *s = n->in[0], *d = n->in[2], *y = n->out[0];
-  int64_t p[4] = {kernel_dtype(y->dtype), ad_value_numel(y), 0, 0};
+  int64_t p[4] = {ad_op_kernel_dtype(y->dtype), ad_value_numel(y), 0, 0};
   if (y->dtype == AD_F32) {
     p[2] = ad_k_slot(*(const float *)s->data);
     p[3] = ad_k_slot(*(const float *)d->data);
@@ -1207,29 +1201,6 @@ static ad_status lower_range(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-/* ONNX TensorProto data types autodist has. */
-static int dtype_of_onnx(int64_t t, ad_dtype *out) {
-  switch (t) {
-  case 1:
-    *out = AD_F32;
-    return 1;
-  case 2:
-    *out = AD_U8;
-    return 1;
-  case 6:
-    *out = AD_I32;
-    return 1;
-  case 7:
-    *out = AD_I64;
-    return 1;
-  case 9:
-    *out = AD_BOOL;
-    return 1;
-  default:
-    return 0;
-  }
-}
-
 static ad_status infer_eye_like(ad_graph *g, ad_node *n) {
   ad_value *x = n->in[0], *y = n->out[0];
   if (x->rank != 2)
@@ -1238,7 +1209,7 @@ static ad_status infer_eye_like(ad_graph *g, ad_node *n) {
   AD_TRY(refuse_batch_axis(g, n, x, 0, "EyeLike"));
   ad_infer_same(g, n);
   const ad_attr *dt = ad_attr_find(n, "dtype");
-  if (dt && !dtype_of_onnx(dt->i, &y->dtype))
+  if (dt && !ad_op_dtype_of_onnx(dt->i, &y->dtype))
     return ad_fail(AD_ERR_INPUT, "%s: error: dtype %lld is not supported", ad_node_where(g, n),
                    (long long)dt->i);
   return AD_OK;
@@ -1300,6 +1271,15 @@ static ad_status block_size(ad_graph *g, const ad_node *n, int64_t *bs) {
   return AD_OK;
 }
 
+/* y (dense, viewed with the 6-D dims) = x read with the 6 element strides st. */
+static void emit_copy6(ad_cg *cg, const ad_value *x, const ad_value *y, const int64_t dims[6],
+                       const int64_t st[6]) {
+  copy_view cv;
+  view_dense(&cv, 6, dims);
+  memcpy(cv.sstr, st, sizeof(int64_t) * 6);
+  emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+}
+
 static ad_status infer_depth_to_space(ad_graph *g, ad_node *n) {
   int64_t bs;
   AD_TRY(block_size(g, n, &bs));
@@ -1327,13 +1307,10 @@ static ad_status lower_depth_to_space(ad_cg *cg, const ad_node *n) {
   int64_t C = y->dims[1], H = x->dims[2], W = x->dims[3], HW = H * W;
   int dcr = !strcmp(ad_attr_str(n, "mode", "DCR"), "DCR");
   int64_t dims[6] = {x->dims[0], C, H, bs, W, bs};
-  copy_view cv;
-  view_dense(&cv, 6, dims);
   int64_t sn = x->dims[1] * HW;
   int64_t sc = dcr ? HW : bs * bs * HW, sb1 = dcr ? bs * C * HW : bs * HW, sb2 = dcr ? C * HW : HW;
   int64_t st[6] = {sn, sc, W, sb1, 1, sb2};
-  memcpy(cv.sstr, st, sizeof st);
-  emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  emit_copy6(cg, x, y, dims, st);
   return AD_OK;
 }
 
@@ -1360,11 +1337,8 @@ static ad_status lower_space_to_depth(ad_cg *cg, const ad_node *n) {
   AD_TRY(block_size(ad_cg_graph(cg), n, &bs));
   int64_t C = x->dims[1], H = x->dims[2], W = x->dims[3];
   int64_t dims[6] = {x->dims[0], bs, bs, C, y->dims[2], y->dims[3]};
-  copy_view cv;
-  view_dense(&cv, 6, dims);
   int64_t st[6] = {C * H * W, W, 1, H * W, bs * W, bs};
-  memcpy(cv.sstr, st, sizeof st);
-  emit_copy(cg, ad_dtype_size(x->dtype), &cv, ad_cg_ptr(cg, x), ad_cg_ptr(cg, y));
+  emit_copy6(cg, x, y, dims, st);
   return AD_OK;
 }
 
