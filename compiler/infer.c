@@ -93,12 +93,12 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   ad_onnx_binding bind[MAX_IO];
   memset(bind, 0, sizeof bind);
   for (int i = 0; i < n_data && st == AD_OK; i++) {
-    const char *dt = arrays[i].dtype;
     bind[i].name = data[i].name;
-    bind[i].dtype = !strcmp(dt, "float32") ? AD_F32
-                    : !strcmp(dt, "int64") ? AD_I64
-                    : !strcmp(dt, "uint8") ? AD_U8
-                                           : AD_BOOL;
+    int dt = 0; /* the IR dtype of the loaded array's (converted) dtype name */
+    while (dt < AD_DTYPE_COUNT && strcmp(arrays[i].dtype, ad_dtype_name((ad_dtype)dt)))
+      dt++;
+    AD_ASSERT(dt < AD_DTYPE_COUNT);
+    bind[i].dtype = (ad_dtype)dt;
     bind[i].rank = arrays[i].rank;
     memcpy(bind[i].dims, arrays[i].dims, sizeof(int64_t) * (size_t)arrays[i].rank);
     bind[i].data = arrays[i].data;

@@ -108,28 +108,6 @@ static const char *onnx_type_name(int32_t t) {
   return t >= 0 && t < (int32_t)(sizeof names / sizeof *names) ? names[t] : "unknown";
 }
 
-static int dtype_from_onnx(int32_t t, ad_dtype *out) {
-  switch (t) {
-  case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT:
-    *out = AD_F32;
-    return 1;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__INT64:
-    *out = AD_I64;
-    return 1;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__INT32:
-    *out = AD_I32;
-    return 1;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__UINT8:
-    *out = AD_U8;
-    return 1;
-  case ONNX__TENSOR_PROTO__DATA_TYPE__BOOL:
-    *out = AD_BOOL;
-    return 1;
-  default:
-    return 0;
-  }
-}
-
 /*
  * Converts a TensorProto into a new value named `name` holding a copy of its
  * data. `what` names it in messages ("initializer 'w'", "node 'c' (Constant)").
@@ -148,7 +126,7 @@ static ad_status tensor_to_value(loader *ld, const Onnx__TensorProto *t, const c
     return ad_fail(AD_ERR_INPUT, "%s: %s: error: segmented tensors are not supported", path, what);
   ad_dtype dt;
   int32_t et = t->has_data_type ? t->data_type : 0;
-  if (!dtype_from_onnx(et, &dt))
+  if (!ad_op_dtype_of_onnx(et, &dt))
     return ad_fail(AD_ERR_INPUT,
                    "%s: %s: error: dtype %s is not supported (float32, int64, int32, uint8, "
                    "bool)",
@@ -434,7 +412,7 @@ static ad_status load_inputs(loader *ld) {
     const Onnx__TypeProto__Tensor *tt = tp->tensor_type;
     ad_dtype dt;
     int32_t et = tt->has_elem_type ? tt->elem_type : 0;
-    if (!dtype_from_onnx(et, &dt))
+    if (!ad_op_dtype_of_onnx(et, &dt))
       return ad_fail(AD_ERR_INPUT,
                      "%s: error: input '%s' has dtype %s (autodist supports float32, int64, "
                      "int32, uint8, bool)",

@@ -19,14 +19,17 @@ first checked against onnxruntime, so a wrong reference cannot pass.
 Run: AUTODIST=build/autodist /usr/bin/python3 tests/ref/test_ops_ew.py [-k SUBSTRING] [-v]
 """
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The harness shared with the other op families: onnxruntime and autodist
+# runs, the exit-2 error check and the one-SGD-step gradient check.
+from test_ops_ort import _torch, check_error, check_grad, ort_run, run_infer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("AD_SRC", os.path.dirname(os.path.dirname(HERE)))
@@ -86,29 +89,6 @@ class Case:
         return onnx.shape_inference.infer_shapes(m)
 
 
-def ort_run(model, feeds):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
-def autodist(args, cwd):
-    return subprocess.run([AUTODIST] + args, cwd=cwd, capture_output=True, text=True)
-
-
-def run_infer(case, tmp):
-    path = os.path.join(tmp, "model.onnx")
-    onnx.save(case.model(), path)
-    args = ["infer", path]
-    for k, v in case.inputs.items():
-        f = os.path.join(tmp, "in_%s.npy" % k)
-        np.save(f, v)
-        args += ["--data", "%s=%s" % (k, f)]
-    args += ["--out", "out=%s" % os.path.join(tmp, "y.npy")]
-    return autodist(args, tmp), path
-
-
 def compare(got, ref):
     if got.shape != ref.shape:
         return "shape %s, expected %s" % (got.shape, ref.shape)
@@ -136,17 +116,6 @@ def check_infer(case, verbose):
             return "autodist infer failed (%d): %s" % (r.returncode, r.stderr.strip())
         got = np.load(os.path.join(tmp, "y.npy"))
     return compare(got, ref)
-
-
-def check_error(case, expect, verbose):
-    with tempfile.TemporaryDirectory() as tmp:
-        r, path = run_infer(case, tmp)
-    want = "%s: node 'n0' (%s): error: %s" % (path, case.op, expect)
-    if r.returncode != 2:
-        return "exit code %d, expected 2 (stderr: %s)" % (r.returncode, r.stderr.strip())
-    if want not in r.stderr:
-        return "stderr %r does not contain %r" % (r.stderr.strip(), want)
-    return None
 
 
 # ---- inference cases ----
@@ -415,11 +384,6 @@ def error_cases():
 
 # ---- gradient cases (PyTorch autograd as the reference) ----
 
-def _torch():
-    import torch  # Debian's torch; only the gradient checks need it
-    return torch
-
-
 class GradCase:
     """op(inputs) where input `fed` (named "x") is data, the float arrays in
     `arrays` are initializers (trainable unless named in `fixed`: Clip's bounds
@@ -541,47 +505,6 @@ def grad_cases():
         add("zero_" + op.lower(), "Mul", 13, [("x", x * 3)], lambda t, f=f: f(t[0]) * t[0],
             node_inputs=["f", "x"], pre=[(op, ["x"], ["f"], {})])
     return out
-
-
-def check_grad(case, verbose):
-    torch = _torch()
-    fwd = case.model(False)
-    x = dict(case.arrays)[case.fed]
-    ref = ort_run(fwd, {case.fed: x})[0]
-    ts = [torch.tensor(v, requires_grad=v.dtype == np.float32 and n not in case.fixed)
-          for n, v in case.arrays]
-    y = case.fn(ts)
-    if tuple(y.shape) != ref.shape or not np.allclose(y.detach().numpy(), ref, RTOL, ATOL):
-        return "the PyTorch reference disagrees with onnxruntime (test bug)"
-    label = rand(*ref.shape)
-    torch.nn.functional.mse_loss(y, torch.tensor(label)).backward()
-    want = {("px" if n == case.fed else n): (t.grad.numpy() if t.grad is not None else None)
-            for (n, _), t in zip(case.arrays, ts)}
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(case.model(True), os.path.join(tmp, "m.onnx"))
-        np.save(os.path.join(tmp, "x.npy"), x)
-        np.save(os.path.join(tmp, "label.npy"), label)
-        with open(os.path.join(tmp, "train.yml"), "w") as f:
-            f.write("loss: mse\nbatch_size: %d\noptimizer: {name: sgd, lr: 1.0}\n" % x.shape[0])
-        r = autodist(["compile", "m.onnx", "-t", "train.yml", "-o", "plan"], tmp)
-        if r.returncode != 0:
-            return "compile failed (%d): %s" % (r.returncode, r.stderr.strip())
-        r = autodist(["run", "plan", "--data", "%s=x.npy" % case.fed, "--data", "label=label.npy",
-                      "--steps", "1", "--save", "out.onnx"], tmp)
-        if r.returncode != 0:
-            return "run failed (%d): %s" % (r.returncode, r.stderr.strip())
-        trained = {t.name: numpy_helper.to_array(t)
-                   for t in onnx.load(os.path.join(tmp, "out.onnx")).graph.initializer}
-    before = dict(case.arrays)
-    before["px"] = np.zeros_like(x)
-    for name, g in want.items():
-        if g is None:
-            continue
-        got = before[name] - trained[name]
-        if got.shape != g.shape or not np.allclose(got, g, rtol=RTOL, atol=ATOL):
-            return "gradient of %s: max abs error %g (ref max %g)" % (
-                name, np.abs(got - g).max(), np.abs(g).max())
-    return None
 
 
 def main():

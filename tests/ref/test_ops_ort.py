@@ -77,14 +77,17 @@ def autodist(args, cwd):
 
 
 def run_infer(case, tmp):
+    """`autodist infer` of case.model() on case.inputs; its first graph output
+    is written to tmp/y.npy. Returns (the completed process, the model path)."""
     path = os.path.join(tmp, "model.onnx")
-    onnx.save(case.model(), path)
+    model = case.model()
+    onnx.save(model, path)
     args = ["infer", path]
     for k, v in case.inputs.items():
         f = os.path.join(tmp, "in_%s.npy" % k)
         np.save(f, v)
         args += ["--data", "%s=%s" % (k, f)]
-    args += ["--out", "y=%s" % os.path.join(tmp, "y.npy")]
+    args += ["--out", "%s=%s" % (model.graph.output[0].name, os.path.join(tmp, "y.npy"))]
     return autodist(args, tmp), path
 
 
@@ -341,6 +344,7 @@ class GradCase:
         self.name, self.op, self.opset = name, op, opset
         self.arrays = arrays      # list of (name, array) in node input order
         self.fed, self.fn, self.attrs = fed, fn, attrs or {}
+        self.fixed = set()        # float initializers that are not trained
 
     def model(self, train):
         names = [n if n != self.fed or not train else "xx" for n, _ in self.arrays]
@@ -439,7 +443,8 @@ def check_grad(case, verbose):
     fwd = case.model(False)
     x = dict(case.arrays)[case.fed]
     ref = ort_run(fwd, {case.fed: x})[0]
-    ts = [torch.tensor(v, requires_grad=v.dtype == np.float32) for _, v in case.arrays]
+    ts = [torch.tensor(v, requires_grad=v.dtype == np.float32 and n not in case.fixed)
+          for n, v in case.arrays]
     y = case.fn(ts)
     if tuple(y.shape) != ref.shape or not np.allclose(y.detach().numpy(), ref, RTOL, ATOL):
         return "the PyTorch reference disagrees with onnxruntime (test bug)"
