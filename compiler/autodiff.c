@@ -20,7 +20,9 @@ struct ad_grad {
   ad_value **grad;      /* by value id: accumulated gradient */
 };
 
-ad_graph *ad_grad_graph(ad_grad *gc) { return gc->g; }
+ad_graph *ad_grad_graph(ad_grad *gc) {
+  return gc->g;
+}
 
 ad_value *ad_grad_out(ad_grad *gc, const ad_node *n, int i) {
   ad_value *v = n->out[i];
@@ -128,6 +130,14 @@ ad_status ad_autodiff(ad_graph *g, ad_value *loss, ad_value **grads) {
                    ad_node_where(g, n));
       break;
     }
+    for (int j = 0; j < n->n_in && st == AD_OK; j++)
+      if (n->in[j] && ad_grad_wants(&gc, n->in[j]) && ad_dtype_is_float(n->in[j]->dtype) &&
+          n->in[j]->dtype != AD_F32)
+        st = ad_fail(AD_ERR_INPUT,
+                     "%s: error: cannot train through %s values ('%s'); gradients are float32",
+                     ad_node_where(g, n), ad_dtype_name(n->in[j]->dtype), n->in[j]->name);
+    if (st != AD_OK)
+      break;
     st = n->op->grad(&gc, n);
   }
   for (int i = 0; i < g->params.len && st == AD_OK; i++) {

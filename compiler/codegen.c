@@ -68,17 +68,30 @@ LLVMValueRef ad_cg_i64(ad_cg *cg, int64_t x) {
   return LLVMConstInt(cg->i64, (unsigned long long)x, 1);
 }
 
-/* Elementwise scalars live in registers as float, i64, i32, i8 (uint8) and i1
- * (bool); in memory a bool is one byte. */
+/* Elementwise scalars live in registers as float (float32, and float16 and
+ * bfloat16, which compute in float32 like numpy's half loops), double, i64,
+ * i32, i16, i8 (signed and unsigned alike: the ops read the signedness off the
+ * dtype) and i1 (bool); in memory a bool is one byte, a float16 an LLVM half
+ * and a bfloat16 its 16 bits. */
 LLVMTypeRef ad_cg_type(ad_cg *cg, ad_dtype t) {
   switch (t) {
   case AD_F32:
+  case AD_F16:
+  case AD_BF16:
     return cg->f32;
+  case AD_F64:
+    return LLVMDoubleTypeInContext(cg->ctx);
   case AD_I64:
+  case AD_U64:
     return cg->i64;
   case AD_I32:
+  case AD_U32:
     return LLVMInt32TypeInContext(cg->ctx);
+  case AD_I16:
+  case AD_U16:
+    return LLVMInt16TypeInContext(cg->ctx);
   case AD_U8:
+  case AD_I8:
     return LLVMInt8TypeInContext(cg->ctx);
   case AD_BOOL:
     return LLVMInt1TypeInContext(cg->ctx);
@@ -89,15 +102,66 @@ LLVMTypeRef ad_cg_type(ad_cg *cg, ad_dtype t) {
 }
 
 static LLVMTypeRef mem_type(ad_cg *cg, ad_dtype t) {
-  return t == AD_BOOL ? LLVMInt8TypeInContext(cg->ctx) : ad_cg_type(cg, t);
+  switch (t) {
+  case AD_BOOL:
+    return LLVMInt8TypeInContext(cg->ctx);
+  case AD_F16:
+    return LLVMHalfTypeInContext(cg->ctx);
+  case AD_BF16:
+    return LLVMInt16TypeInContext(cg->ctx);
+  default:
+    return ad_cg_type(cg, t);
+  }
+}
+
+/* A loaded element of dtype t (memory type) as its register scalar. */
+static LLVMValueRef load_scalar(ad_cg *cg, ad_dtype t, LLVMValueRef v) {
+  switch (t) {
+  case AD_BOOL:
+    return LLVMBuildICmp(cg->b, LLVMIntNE, v, LLVMConstNull(LLVMTypeOf(v)), "");
+  case AD_F16:
+    return LLVMBuildFPExt(cg->b, v, cg->f32, "");
+  case AD_BF16: { /* the upper half of a float32 */
+    LLVMValueRef w = LLVMBuildZExt(cg->b, v, LLVMInt32TypeInContext(cg->ctx), "");
+    w = LLVMBuildShl(cg->b, w, LLVMConstInt(LLVMTypeOf(w), 16, 0), "");
+    return LLVMBuildBitCast(cg->b, w, cg->f32, "");
+  }
+  default:
+    return v;
+  }
+}
+
+/* A register scalar of dtype t as its memory type. float32 -> float16 rounds
+ * to nearest even (fptrunc); float32 -> bfloat16 too, as PyTorch and
+ * onnxruntime do, and a NaN becomes the quiet NaN 0x7fc0. */
+static LLVMValueRef store_scalar(ad_cg *cg, ad_dtype t, LLVMValueRef v) {
+  switch (t) {
+  case AD_BOOL:
+    return LLVMBuildZExt(cg->b, v, LLVMInt8TypeInContext(cg->ctx), "");
+  case AD_F16:
+    return LLVMBuildFPTrunc(cg->b, v, LLVMHalfTypeInContext(cg->ctx), "");
+  case AD_BF16: {
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(cg->ctx);
+    LLVMValueRef bits = LLVMBuildBitCast(cg->b, v, i32, "");
+    LLVMValueRef lsb = LLVMBuildAnd(cg->b, LLVMBuildLShr(cg->b, bits, LLVMConstInt(i32, 16, 0), ""),
+                                    LLVMConstInt(i32, 1, 0), "");
+    LLVMValueRef r =
+        LLVMBuildAdd(cg->b, bits, LLVMBuildAdd(cg->b, lsb, LLVMConstInt(i32, 0x7fff, 0), ""), "");
+    r = LLVMBuildLShr(cg->b, r, LLVMConstInt(i32, 16, 0), "");
+    LLVMValueRef nan = LLVMBuildFCmp(cg->b, LLVMRealUNO, v, v, "");
+    r = LLVMBuildSelect(cg->b, nan, LLVMConstInt(i32, 0x7fc0, 0), r, "");
+    return LLVMBuildTrunc(cg->b, r, LLVMInt16TypeInContext(cg->ctx), "");
+  }
+  default:
+    return v;
+  }
 }
 
 LLVMValueRef ad_cg_const(ad_cg *cg, ad_dtype t, double x) {
-  if (t == AD_F32)
-    return LLVMConstReal(cg->f32, x);
-  if (t == AD_U8 || t == AD_BOOL)
-    return LLVMConstInt(ad_cg_type(cg, t), (unsigned long long)(int64_t)x, 0);
-  return LLVMConstInt(ad_cg_type(cg, t), (unsigned long long)(int64_t)x, 1);
+  LLVMTypeRef ty = ad_cg_type(cg, t);
+  if (ad_dtype_is_float(t))
+    return LLVMConstReal(ty, x);
+  return LLVMConstInt(ty, (unsigned long long)(int64_t)x, !ad_dtype_is_unsigned(t));
 }
 LLVMValueRef ad_cg_rt(ad_cg *cg) {
   return cg->rt;
@@ -438,17 +502,17 @@ static int ext_index(group_ctx *gc, ad_value *v) {
   return -1;
 }
 
-/* Loads every external operand with its own type (a bool byte becomes an i1),
- * emits the members in order on register scalars, and stores the root's. */
+/* Loads every external operand with its own type (a bool byte becomes an i1,
+ * a half a float), emits the members in order on register scalars, and stores
+ * the root's. A float16 or bfloat16 member's result is rounded to its dtype
+ * before the next member reads it, as if each op ran alone. */
 static void group_inner(ad_cg *cg, nest *ns, void *vctx) {
   group_ctx *gc = vctx;
   ad_graph *g = gc->f->p->g;
   for (int i = 0; i < gc->n_ext; i++) {
     ad_value *x = gc->ext[i];
     LLVMValueRef v = LLVMBuildLoad2(cg->b, ns->ety[i + 1], nest_addr(cg, ns, i + 1), "");
-    if (x->dtype == AD_BOOL)
-      v = LLVMBuildICmp(cg->b, LLVMIntNE, v, LLVMConstNull(ns->ety[i + 1]), "");
-    gc->scalar[x->id] = v;
+    gc->scalar[x->id] = load_scalar(cg, x->dtype, v);
   }
   LLVMValueRef last = NULL;
   ad_value *out = NULL;
@@ -461,15 +525,11 @@ static void group_inner(ad_cg *cg, nest *ns, void *vctx) {
     last = n->op->emit(cg, n, in);
     out = n->out[0];
     AD_ASSERT(LLVMTypeOf(last) == ad_cg_type(cg, out->dtype));
+    if (out->dtype == AD_F16 || out->dtype == AD_BF16)
+      last = load_scalar(cg, out->dtype, store_scalar(cg, out->dtype, last));
     gc->scalar[out->id] = last;
   }
-  if (out->dtype == AD_BOOL)
-    last = LLVMBuildZExt(cg->b, last, ns->ety[0], "");
-  LLVMBuildStore(cg->b, last, nest_addr(cg, ns, 0));
-}
-
-static int ew_dtype(ad_dtype t) {
-  return t == AD_F32 || t == AD_I64 || t == AD_I32 || t == AD_U8 || t == AD_BOOL;
+  LLVMBuildStore(cg->b, store_scalar(cg, out->dtype, last), nest_addr(cg, ns, 0));
 }
 
 /* Starts an internal function `void kN(ptr mem)`, called from the entry now. */
@@ -506,18 +566,12 @@ static ad_status emit_group(ad_cg *cg, fusion *f, int root) {
     }
   ad_node *rn = g->nodes.data[root];
   ad_value *out = rn->out[0];
-  if (!ew_dtype(out->dtype))
-    return ad_fail(AD_ERR_INPUT, "%s: error: elementwise computation in %s is not supported",
-                   ad_node_where(g, rn), ad_dtype_name(out->dtype));
   for (int m = 0; m < gc.n_members; m++) {
     ad_node *n = g->nodes.data[gc.members[m]];
     for (int j = 0; j < n->n_in; j++) {
       ad_value *x = n->in[j];
       if (!x || f->fused[x->id] || ext_index(&gc, x) >= 0)
         continue;
-      if (!ew_dtype(x->dtype))
-        return ad_fail(AD_ERR_INPUT, "%s: error: input '%s' is %s; not supported here",
-                       ad_node_where(g, n), x->name, ad_dtype_name(x->dtype));
       AD_ASSERT(gc.n_ext < MAX_OPS - 1);
       gc.ext[gc.n_ext++] = x;
     }

@@ -94,14 +94,8 @@ ad_status ad_cmd_infer(int argc, char **argv) {
   memset(bind, 0, sizeof bind);
   for (int i = 0; i < n_data && st == AD_OK; i++) {
     bind[i].name = data[i].name;
-    int dt = 0; /* the IR dtype of the loaded array's (converted) dtype name */
-    while (dt < AD_DTYPE_COUNT && strcmp(arrays[i].dtype, ad_dtype_name((ad_dtype)dt)))
-      dt++;
-    AD_ASSERT(dt < AD_DTYPE_COUNT);
-    bind[i].dtype = (ad_dtype)dt;
-    bind[i].rank = arrays[i].rank;
-    memcpy(bind[i].dims, arrays[i].dims, sizeof(int64_t) * (size_t)arrays[i].rank);
-    bind[i].data = arrays[i].data;
+    bind[i].file = data[i].file;
+    bind[i].array = &arrays[i];
   }
   ad_graph *g = NULL;
   ad_program *p = NULL;
@@ -154,8 +148,7 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     ad_value *v = in_vals[i];
     if (bind[i].bound)
       continue;
-    if (v->dtype == AD_I32 && !strcmp(arrays[i].dtype, "int64"))
-      st = ad_npy_narrow_int32(data[i].file, &arrays[i]);
+    st = ad_npy_fit(data[i].file, &arrays[i], ad_dtype_name(v->dtype));
     if (st != AD_OK)
       break;
     int ok = arrays[i].rank == v->rank && !strcmp(arrays[i].dtype, ad_dtype_name(v->dtype));
@@ -187,8 +180,6 @@ ad_status ad_cmd_infer(int argc, char **argv) {
     if (!out_vals[i])
       st = ad_fail(AD_ERR_INPUT, "error: --out %s: %s has no output named '%s'", outs[i].name,
                    model, outs[i].name);
-    else if (out_vals[i]->dtype == AD_F16)
-      st = ad_fail(AD_ERR_INPUT, "error: --out %s: float16 cannot be written", outs[i].name);
     else if (n_chunks > 1 && (out_vals[i]->rank < 1 || out_vals[i]->dims[0] != chunk))
       st = ad_fail(AD_ERR_INPUT,
                    "error: --out %s: output %s has no batch axis, so %lld samples cannot be "

@@ -13,16 +13,25 @@
 #include <string.h>
 
 const char *ad_dtype_name(ad_dtype t) {
-  static const char *names[AD_DTYPE_COUNT] = {"float32", "int64", "int32", "uint8", "bool",
-                                                      "float16"};
+  static const char *names[AD_DTYPE_COUNT] = {"float32", "int64",   "int32",   "uint8", "bool",
+                                              "float16", "float64", "int8",    "int16", "uint16",
+                                              "uint32",  "uint64",  "bfloat16"};
   AD_ASSERT(t >= 0 && t < AD_DTYPE_COUNT);
   return names[t];
 }
 
 size_t ad_dtype_size(ad_dtype t) {
-  static const size_t sizes[AD_DTYPE_COUNT] = {4, 8, 4, 1, 1, 2};
+  static const size_t sizes[AD_DTYPE_COUNT] = {4, 8, 4, 1, 1, 2, 8, 1, 2, 2, 4, 8, 2};
   AD_ASSERT(t >= 0 && t < AD_DTYPE_COUNT);
   return sizes[t];
+}
+
+bool ad_dtype_is_float(ad_dtype t) {
+  return t == AD_F32 || t == AD_F64 || t == AD_F16 || t == AD_BF16;
+}
+
+bool ad_dtype_is_unsigned(ad_dtype t) {
+  return t == AD_U8 || t == AD_BOOL || t == AD_U16 || t == AD_U32 || t == AD_U64;
 }
 
 int64_t ad_value_numel(const ad_value *v) {
@@ -78,7 +87,9 @@ ad_value *ad_const_f32(ad_graph *g, int rank, const int64_t *dims, const float *
   return v;
 }
 
-ad_value *ad_const_scalar(ad_graph *g, float x) { return ad_const_f32(g, 0, NULL, &x); }
+ad_value *ad_const_scalar(ad_graph *g, float x) {
+  return ad_const_f32(g, 0, NULL, &x);
+}
 
 ad_value *ad_graph_find(const ad_graph *g, const char *name) {
   for (int i = g->values.len - 1; i >= 0; i--)
@@ -107,8 +118,8 @@ ad_status ad_node_add(ad_graph *g, const char *name, const char *op_type, int n_
                      "imports %d",
                      g->source, n->name, op_type, op_type, ranges, g->opset);
     }
-    return ad_fail(AD_ERR_INPUT, "%s: node '%s' (%s): error: op not supported", g->source,
-                   n->name, op_type);
+    return ad_fail(AD_ERR_INPUT, "%s: node '%s' (%s): error: op not supported", g->source, n->name,
+                   op_type);
   }
   n->op = op;
   n->domain = op->domain;

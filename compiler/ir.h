@@ -27,19 +27,28 @@ typedef enum ad_dtype {
   AD_I32,
   AD_U8,
   AD_BOOL,
-  AD_F16,  /* only for communication buffers (fp16-compressed all-reduce) */
+  AD_F16, /* IEEE binary16; also the fp16-compressed all-reduce's buffers */
+  AD_F64,
+  AD_I8,
+  AD_I16,
+  AD_U16,
+  AD_U32,
+  AD_U64,
+  AD_BF16, /* bfloat16: the upper half of a float32's bits */
   AD_DTYPE_COUNT
 } ad_dtype;
 
 const char *ad_dtype_name(ad_dtype t); /* "float32", "int64", ... */
 size_t ad_dtype_size(ad_dtype t);
+bool ad_dtype_is_float(ad_dtype t);    /* float32, float64, float16, bfloat16 */
+bool ad_dtype_is_unsigned(ad_dtype t); /* uint8..uint64 and bool */
 
 typedef enum ad_value_kind {
-  AD_VAL_INPUT,  /* data fed each step (a batch slice) */
-  AD_VAL_PARAM,  /* initializer: trained unless frozen */
-  AD_VAL_CONST,  /* compile-time constant */
-  AD_VAL_ACT,    /* produced by a node */
-  AD_VAL_STATE,  /* persistent per-device state, zero at start (optimizer moments) */
+  AD_VAL_INPUT, /* data fed each step (a batch slice) */
+  AD_VAL_PARAM, /* initializer: trained unless frozen */
+  AD_VAL_CONST, /* compile-time constant */
+  AD_VAL_ACT,   /* produced by a node */
+  AD_VAL_STATE, /* persistent per-device state, zero at start (optimizer moments) */
 } ad_value_kind;
 
 typedef struct ad_node ad_node;
@@ -51,14 +60,14 @@ typedef struct ad_value {
   int rank;
   int64_t dims[AD_MAX_RANK];
   ad_value_kind kind;
-  bool frozen;      /* PARAM only: not trained */
-  bool batched;     /* dims[0] is the batch dimension (inputs and what flows from them) */
-  bool updated;     /* PARAM: not trained, but updated in place by its op during training
-                       (BatchNormalization running statistics); saved like trained ones */
-  void *data;       /* PARAM/CONST: initial contents, ad_value_bytes() long */
-  ad_node *producer;/* ACT only */
-  int n_uses;       /* maintained by ad_graph_recount() */
-  void *aux;        /* scratch slot for the pass that currently runs */
+  bool frozen;       /* PARAM only: not trained */
+  bool batched;      /* dims[0] is the batch dimension (inputs and what flows from them) */
+  bool updated;      /* PARAM: not trained, but updated in place by its op during training
+                        (BatchNormalization running statistics); saved like trained ones */
+  void *data;        /* PARAM/CONST: initial contents, ad_value_bytes() long */
+  ad_node *producer; /* ACT only */
+  int n_uses;        /* maintained by ad_graph_recount() */
+  void *aux;         /* scratch slot for the pass that currently runs */
 } ad_value;
 
 int64_t ad_value_numel(const ad_value *v);
@@ -80,33 +89,33 @@ typedef struct ad_attr {
   int64_t i;
   float f;
   const char *s;
-  int n;             /* INTS / FLOATS length */
+  int n; /* INTS / FLOATS length */
   int64_t *ints;
   float *floats;
-  ad_value *t;       /* TENSOR: a CONST value */
+  ad_value *t; /* TENSOR: a CONST value */
 } ad_attr;
 
 struct ad_node {
   int id;
-  const char *name;     /* ONNX node name, or a generated one; used in messages */
-  const char *op_type;  /* "Gemm", "ReluGrad", ... */
-  const char *domain;   /* "" for ONNX, "ad" for internal ops */
+  const char *name;    /* ONNX node name, or a generated one; used in messages */
+  const char *op_type; /* "Gemm", "ReluGrad", ... */
+  const char *domain;  /* "" for ONNX, "ad" for internal ops */
   const struct ad_op *op;
   int n_in, n_out, n_attr;
-  ad_value **in;        /* an omitted optional input is NULL */
+  ad_value **in; /* an omitted optional input is NULL */
   ad_value **out;
   ad_attr *attrs;
 };
 
 typedef struct ad_graph {
   ad_arena *arena;
-  const char *source;   /* model file name, for messages */
+  const char *source; /* model file name, for messages */
   int opset;
   AD_VEC(ad_value *) values;
-  AD_VEC(ad_node *) nodes;   /* topological order */
-  AD_VEC(ad_value *) inputs; /* data inputs, in model order */
-  AD_VEC(ad_value *) outputs;/* graph outputs, in model order */
-  AD_VEC(ad_value *) params; /* initializers that are not folded to constants */
+  AD_VEC(ad_node *) nodes;    /* topological order */
+  AD_VEC(ad_value *) inputs;  /* data inputs, in model order */
+  AD_VEC(ad_value *) outputs; /* graph outputs, in model order */
+  AD_VEC(ad_value *) params;  /* initializers that are not folded to constants */
 } ad_graph;
 
 ad_graph *ad_graph_create(const char *source);

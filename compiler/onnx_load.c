@@ -22,6 +22,8 @@
  */
 #include "onnx_load.h"
 
+#include "../runtime/npy.h"
+
 #include "fold.h"
 #include "onnx.pb-c.h"
 #include "op.h"
@@ -128,9 +130,8 @@ static ad_status tensor_to_value(loader *ld, const Onnx__TensorProto *t, const c
   int32_t et = t->has_data_type ? t->data_type : 0;
   if (!ad_op_dtype_of_onnx(et, &dt))
     return ad_fail(AD_ERR_INPUT,
-                   "%s: %s: error: dtype %s is not supported (float32, int64, int32, uint8, "
-                   "bool)",
-                   path, what, onnx_type_name(et));
+                   "%s: %s: error: dtype %s is not supported (numeric and bool tensors only)", path,
+                   what, onnx_type_name(et));
   if (t->n_dims > AD_MAX_RANK)
     return ad_fail(AD_ERR_INPUT, "%s: %s: error: rank %zu is above the maximum %d", path, what,
                    t->n_dims, AD_MAX_RANK);
@@ -156,11 +157,14 @@ static ad_status tensor_to_value(loader *ld, const Onnx__TensorProto *t, const c
     have = (size_t)numel;
   } else if (dt == AD_F32) {
     have = t->n_float_data;
+  } else if (dt == AD_F64) {
+    have = t->n_double_data;
   } else if (dt == AD_I64) {
     have = t->n_int64_data;
+  } else if (dt == AD_U32 || dt == AD_U64) {
+    have = t->n_uint64_data;
   } else {
-    AD_ASSERT(dt == AD_I32 || dt == AD_U8 || dt == AD_BOOL);
-    have = t->n_int32_data;
+    have = t->n_int32_data; /* int32 and the narrower types, one per entry (halfs as bits) */
   }
   if (have != (size_t)numel)
     return ad_fail(AD_ERR_INPUT, "%s: %s: error: has %zu values, shape %s needs %lld", path, what,
@@ -172,12 +176,24 @@ static ad_status tensor_to_value(loader *ld, const Onnx__TensorProto *t, const c
   } else if (dt == AD_F32) {
     if (have)
       memcpy(v->data, t->float_data, bytes);
+  } else if (dt == AD_F64) {
+    if (have)
+      memcpy(v->data, t->double_data, bytes);
   } else if (dt == AD_I64) {
     if (have)
       memcpy(v->data, t->int64_data, bytes);
   } else if (dt == AD_I32) {
     if (have)
       memcpy(v->data, t->int32_data, bytes);
+  } else if (dt == AD_U64) {
+    if (have)
+      memcpy(v->data, t->uint64_data, bytes);
+  } else if (dt == AD_U32) {
+    for (size_t i = 0; i < have; i++)
+      ((uint32_t *)v->data)[i] = (uint32_t)t->uint64_data[i];
+  } else if (ad_dtype_size(dt) == 2) {
+    for (size_t i = 0; i < have; i++)
+      ((uint16_t *)v->data)[i] = (uint16_t)t->int32_data[i];
   } else {
     for (size_t i = 0; i < have; i++)
       ((uint8_t *)v->data)[i] = (uint8_t)(dt == AD_BOOL ? t->int32_data[i] != 0 : t->int32_data[i]);
@@ -302,6 +318,48 @@ static ad_status load_initializers(loader *ld) {
 
 /* ---- graph inputs ---- */
 
+/* Whether every node that reads graph input `name` (there may be none) reads
+ * only its dtype (CastLike's target): then its shape does not matter. */
+static int read_for_dtype_only(const loader *ld, const char *name) {
+  const Onnx__GraphProto *gp = ld->gp;
+  for (size_t i = 0; i < gp->n_node; i++) {
+    const Onnx__NodeProto *n = gp->node[i];
+    for (size_t k = 0; k < n->n_input; k++) {
+      if (strcmp(n->input[k], name))
+        continue;
+      if (!(k == 1 && !strcmp(str(n->op_type), "CastLike") && !*str(n->domain)))
+        return 0;
+    }
+  }
+  return 1;
+}
+
+/* Data of another shape than an input's declared one is an error (the
+ * caller's), except for an input read only for its dtype, or not at all: it
+ * takes the data's shape, as ONNX's CastLike tests give a one-element `like`
+ * for a declared [3, 4]. Only `autodist infer` gives data. */
+static ad_status shape_from_data(loader *ld, const char *name, int *rank, int64_t *dims,
+                                 bool *batched) {
+  ad_onnx_binding *b = NULL;
+  for (int i = 0; i < ld->n_bind && !b; i++)
+    if (!strcmp(ld->bind[i].name, name))
+      b = &ld->bind[i];
+  if (!b)
+    return AD_OK;
+  const ad_npy *arr = b->array;
+  if (!read_for_dtype_only(ld, name))
+    return AD_OK;
+  int same = arr->rank == *rank;
+  for (int a = 0; same && a < *rank; a++)
+    same = arr->dims[a] == dims[a] || (a == 0 && *batched);
+  if (same)
+    return AD_OK;
+  *batched = false;
+  *rank = arr->rank;
+  memcpy(dims, arr->dims, sizeof(int64_t) * (size_t)arr->rank);
+  return AD_OK;
+}
+
 /* The binding for a graph input whose value some node needs as a constant:
  * read through a slot that must be constant (attr_inputs), directly or
  * through nodes that compute that slot (not through Shape or Size, which
@@ -362,33 +420,20 @@ static ad_onnx_binding *find_binding(const loader *ld, const char *name) {
  * declared dtype and the declared dims (a dynamic one takes the data's). */
 static ad_status bind_input(loader *ld, ad_onnx_binding *b, const char *name, ad_dtype dt, int rank,
                             const int64_t *dims, bool batched) {
-  int narrow = b->dtype == AD_I64 && dt == AD_I32; /* .npy integers load as int64 */
-  int ok = (b->dtype == dt || narrow) && b->rank == rank;
+  ad_npy *arr = b->array;
+  AD_TRY(ad_npy_fit(b->file, arr, ad_dtype_name(dt)));
+  int ok = !strcmp(arr->dtype, ad_dtype_name(dt)) && arr->rank == rank;
   for (int a = 0; ok && a < rank; a++)
-    ok = b->dims[a] == dims[a] || (a == 0 && batched);
+    ok = arr->dims[a] == dims[a] || (a == 0 && batched);
   if (!ok)
     return ad_fail(AD_ERR_INPUT, "%s: error: data for input '%s' is %s %s, the model declares %s",
-                   ld->path, name, ad_dtype_name(b->dtype), ad_shape_str(b->rank, b->dims),
+                   ld->path, name, arr->dtype, ad_shape_str(arr->rank, arr->dims),
                    ad_dtype_name(dt));
-  if (narrow) {
-    int64_t m = 1;
-    for (int i = 0; i < rank; i++)
-      m *= b->dims[i];
-    for (int64_t i = 0; i < m; i++) {
-      int64_t e = ((const int64_t *)b->data)[i];
-      if (e < INT32_MIN || e > INT32_MAX)
-        return ad_fail(AD_ERR_INPUT,
-                       "%s: error: data for int32 input '%s' holds %lld, out of range", ld->path,
-                       name, (long long)e);
-    }
-  }
-  ad_value *v = ad_value_new(ld->g, name, dt, rank, b->dims, AD_VAL_CONST);
+  ad_value *v = ad_value_new(ld->g, name, dt, rank, arr->dims, AD_VAL_CONST);
   size_t bytes = ad_value_bytes(v);
   v->data = ad_arena_alloc(ld->g->arena, bytes ? bytes : 1);
-  for (int64_t i = 0; narrow && i < ad_value_numel(v); i++)
-    ((int32_t *)v->data)[i] = (int32_t)((const int64_t *)b->data)[i];
-  if (bytes && !narrow)
-    memcpy(v->data, b->data, bytes);
+  if (bytes)
+    memcpy(v->data, arr->data, bytes);
   b->bound = 1;
   map_put(ld, v->name, v);
   return AD_OK;
@@ -414,8 +459,8 @@ static ad_status load_inputs(loader *ld) {
     int32_t et = tt->has_elem_type ? tt->elem_type : 0;
     if (!ad_op_dtype_of_onnx(et, &dt))
       return ad_fail(AD_ERR_INPUT,
-                     "%s: error: input '%s' has dtype %s (autodist supports float32, int64, "
-                     "int32, uint8, bool)",
+                     "%s: error: input '%s' has dtype %s (autodist supports numeric and bool "
+                     "tensors)",
                      ld->path, name, onnx_type_name(et));
     if (!tt->shape)
       return ad_fail(AD_ERR_INPUT, "%s: error: input '%s' has no shape (export it with one)",
@@ -457,6 +502,7 @@ static ad_status load_inputs(loader *ld) {
       AD_TRY(bind_input(ld, b, name, dt, rank, dims, batched));
       continue;
     }
+    AD_TRY(shape_from_data(ld, name, &rank, dims, &batched));
     ad_value *v = ad_value_new(ld->g, name, dt, rank, dims, AD_VAL_INPUT);
     v->batched = batched;
     AD_VEC_PUSH(ld->g->inputs, v);

@@ -29,11 +29,9 @@ ad_status ad_onnx_load_buffer(const char *path, const void *data, size_t len, in
  */
 typedef struct ad_onnx_binding {
   const char *name;
-  ad_dtype dtype;
-  int rank;
-  int64_t dims[AD_MAX_RANK];
-  const void *data;
-  int bound; /* out */
+  const char *file;     /* the array's file, for messages */
+  struct ad_npy *array; /* converted in place to the input's dtype (ad_npy_fit) */
+  int bound;            /* out */
 } ad_onnx_binding;
 ad_status ad_onnx_load_bound(const char *path, const void *data, size_t len, int64_t batch,
                              int n_bind, ad_onnx_binding *bind, ad_graph **out);

@@ -112,5 +112,9 @@ ad_status ad_infer_need_f32(ad_graph *g, ad_node *n, int i); /* input i is float
 int ad_op_kernel_dtype(ad_dtype t);
 /* The dtype of ONNX TensorProto.DataType `code` when autodist has it (1), else 0. */
 int ad_op_dtype_of_onnx(int64_t code, ad_dtype *out);
+/* The bytes of the number 1 in dtype t, in the low bytes of a kernel slot. */
+int64_t ad_op_one_slot(ad_dtype t);
+/* The ONNX TensorProto.DataType code of t. */
+int64_t ad_op_onnx_of_dtype(ad_dtype t);
 
 #endif

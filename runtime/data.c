@@ -274,8 +274,7 @@ static ad_status check_array(const ad_plan_tensor *t, const char *path, ad_npy *
   char want[256], got[256];
   shape_str(want, sizeof want, t->rank, t->dims, true);
   shape_str(got, sizeof got, a->rank, a->dims, false);
-  if (!strcmp(t->dtype, "int32") && !strcmp(a->dtype, "int64"))
-    AD_TRY(ad_npy_narrow_int32(path, a));
+  AD_TRY(ad_npy_fit(path, a, t->dtype));
   if (strcmp(a->dtype, t->dtype))
     return ad_fail(AD_ERR_INPUT, "%s: error: dtype %s %s does not fit %s '%s' of the plan: %s %s",
                    path, a->dtype, got, t->role == AD_ROLE_LABEL ? "label" : "input", t->name,

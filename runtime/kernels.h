@@ -131,6 +131,27 @@ void ad_k_argmax(const int64_t *p, const float *x, int64_t *y);
 /* Hardmax: one-hot (first maximum) along n of x viewed as [outer, n, inner];
  * p = {outer, n, inner}. */
 void ad_k_hardmax(const int64_t *p, const float *x, float *y);
+/* The same over the other dtypes (suffix f64, f16 (binary16), i8, u8, i32,
+ * u32, i64, u64; argmax also i16, u16; hardmax f64, f16), x and y of that
+ * dtype. ad_k_reduce_<dt> takes every kind, Sum and Mean included, and ws of
+ * 2 * 8 bytes per output element; kernels_reduce.c gives the integer
+ * semantics (onnxruntime's). */
+#define AD_K_REDUCE_DECL(SUF)                                                                      \
+  void ad_k_reduce_##SUF(const int64_t *p, const void *x, void *y, double *ws);                    \
+  void ad_k_argmax_##SUF(const int64_t *p, const void *x, int64_t *y);
+AD_K_REDUCE_DECL(f64)
+AD_K_REDUCE_DECL(f16)
+AD_K_REDUCE_DECL(i8)
+AD_K_REDUCE_DECL(u8)
+AD_K_REDUCE_DECL(i32)
+AD_K_REDUCE_DECL(u32)
+AD_K_REDUCE_DECL(i64)
+AD_K_REDUCE_DECL(u64)
+#undef AD_K_REDUCE_DECL
+void ad_k_argmax_i16(const int64_t *p, const void *x, int64_t *y);
+void ad_k_argmax_u16(const int64_t *p, const void *x, int64_t *y);
+void ad_k_hardmax_f64(const int64_t *p, const void *x, void *y);
+void ad_k_hardmax_f16(const int64_t *p, const void *x, void *y);
 
 /* Normalization (kernels_norm.c). BatchNormalization views x as [N, C, S]:
  * p = {N, C, S, eps_bits, momentum_bits, flags}.
@@ -222,8 +243,8 @@ void ad_rt_ps_add(void *rt, int64_t server, int64_t shard, const void *src, int6
  * [row0, row0 + rows), row idx[j] - row0 of the shard gets the `inner` floats
  * of dy row j. Repeated rows are summed in order of j and sent once. */
 void ad_rt_ps_add_rows(void *rt, int64_t server, int64_t shard, int64_t row0, int64_t rows,
-                       int64_t n_rows, const void *idx, int64_t m, int64_t is_i32,
-                       const float *dy, int64_t inner);
+                       int64_t n_rows, const void *idx, int64_t m, int64_t is_i32, const float *dy,
+                       int64_t inner);
 /* Sends the appended segments as step `step`'s push (non-blocking). */
 void ad_rt_ps_push(void *rt, int64_t server, int64_t step);
 /* Blocks until the server's reply to the last push has arrived. */

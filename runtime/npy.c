@@ -118,19 +118,17 @@ static const char *shape_str(int rank, const int64_t *dims, char buf[256]) {
   return buf;
 }
 
-/* Source dtypes and what they become in memory. */
-typedef enum src_type { SRC_F4, SRC_F8, SRC_I4, SRC_I8, SRC_U1, SRC_B1 } src_type;
-
+/* The .npy descriptors autodist reads and writes, by dtype name. bfloat16,
+ * which numpy lacks, is written as its bits ('<u2'); ad_npy_fit reads a uint16
+ * file as bfloat16 for a bfloat16 input. */
 static const struct {
-  const char *descr;
-  src_type src;
+  const char *descr, *dtype;
   size_t size;
-  const char *dtype; /* after conversion */
-  size_t out_size;
 } descrs[] = {
-    {"<f4", SRC_F4, 4, "float32", 4}, {"<f8", SRC_F8, 8, "float32", 4},
-    {"<i4", SRC_I4, 4, "int64", 8},   {"<i8", SRC_I8, 8, "int64", 8},
-    {"|u1", SRC_U1, 1, "uint8", 1},   {"|b1", SRC_B1, 1, "bool", 1},
+    {"<f4", "float32", 4},  {"<f8", "float64", 8}, {"<f2", "float16", 2}, {"<i8", "int64", 8},
+    {"<i4", "int32", 4},    {"<i2", "int16", 2},   {"|i1", "int8", 1},    {"|u1", "uint8", 1},
+    {"<u2", "uint16", 2},   {"<u4", "uint32", 4},  {"<u8", "uint64", 8},  {"|b1", "bool", 1},
+    {"<u2", "bfloat16", 2},
 };
 
 ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_npy *out) {
@@ -187,7 +185,7 @@ ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_n
     return bad_header(&h, "missing 'descr', 'fortran_order' or 'shape'");
 
   int which = -1;
-  for (size_t i = 0; i < sizeof descrs / sizeof *descrs; i++)
+  for (size_t i = 0; i < sizeof descrs / sizeof *descrs && which < 0; i++)
     if (!strcmp(descr, descrs[i].descr))
       which = (int)i;
   if (which < 0) {
@@ -196,8 +194,8 @@ ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_n
                      "%s: error: big-endian dtype '%s' is not supported (save it little-endian)",
                      path, descr);
     return ad_fail(AD_ERR_INPUT,
-                   "%s: error: dtype '%s' is not supported (float32, float64, int32, int64, "
-                   "uint8, bool)",
+                   "%s: error: dtype '%s' is not supported (float16/32/64, int8/16/32/64, "
+                   "uint8/16/32/64, bool)",
                    path, descr);
   }
   if (fortran)
@@ -219,37 +217,13 @@ ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_n
                    shape_str(out->rank, out->dims, sbuf), need, have);
 
   const unsigned char *src = b + hoff + hlen;
-  void *data = ad_xmalloc((size_t)numel * descrs[which].out_size);
-  /* memcpy per element: the data offset is 64-byte aligned in numpy's files,
-   * but other writers need not align it. */
-  for (int64_t i = 0; i < numel; i++) {
-    switch (descrs[which].src) {
-    case SRC_F4:
-      memcpy((float *)data + i, src + 4 * i, 4);
-      break;
-    case SRC_F8: {
-      double d;
-      memcpy(&d, src + 8 * i, 8);
-      ((float *)data)[i] = (float)d;
-      break;
-    }
-    case SRC_I4: {
-      int32_t v;
-      memcpy(&v, src + 4 * i, 4);
-      ((int64_t *)data)[i] = v;
-      break;
-    }
-    case SRC_I8:
-      memcpy((int64_t *)data + i, src + 8 * i, 8);
-      break;
-    case SRC_U1:
-      ((uint8_t *)data)[i] = src[i];
-      break;
-    case SRC_B1:
-      ((uint8_t *)data)[i] = src[i] != 0;
-      break;
-    }
-  }
+  size_t bytes = (size_t)numel * descrs[which].size;
+  void *data = ad_xmalloc(bytes ? bytes : 1);
+  /* numpy's data offset is 64-byte aligned, other writers' need not be */
+  memcpy(data, src, bytes);
+  if (!strcmp(descrs[which].dtype, "bool"))
+    for (size_t i = 0; i < bytes; i++)
+      ((uint8_t *)data)[i] = ((uint8_t *)data)[i] != 0;
   snprintf(out->dtype, sizeof out->dtype, "%s", descrs[which].dtype);
   out->numel = numel;
   out->data = data;
@@ -268,26 +242,15 @@ ad_status ad_npy_load(const char *path, ad_npy *out) {
 
 size_t ad_npy_header(char *buf, size_t cap, const char *dtype, int rank, const int64_t *dims,
                      size_t *elem_size) {
-  const char *descr;
-  size_t esize;
-  if (!strcmp(dtype, "float32")) {
-    descr = "<f4";
-    esize = 4;
-  } else if (!strcmp(dtype, "int64")) {
-    descr = "<i8";
-    esize = 8;
-  } else if (!strcmp(dtype, "int32")) {
-    descr = "<i4";
-    esize = 4;
-  } else if (!strcmp(dtype, "uint8")) {
-    descr = "|u1";
-    esize = 1;
-  } else if (!strcmp(dtype, "bool")) {
-    descr = "|b1";
-    esize = 1;
-  } else {
+  const char *descr = NULL;
+  size_t esize = 0;
+  for (size_t i = 0; i < sizeof descrs / sizeof *descrs && !descr; i++)
+    if (!strcmp(dtype, descrs[i].dtype)) {
+      descr = descrs[i].descr;
+      esize = descrs[i].size;
+    }
+  if (!descr)
     return 0;
-  }
   AD_ASSERT(rank >= 0 && rank <= 8);
   char dict[512];
   int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
@@ -334,21 +297,37 @@ ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64
   return st;
 }
 
-ad_status ad_npy_narrow_int32(const char *path, ad_npy *a) {
-  AD_ASSERT(!strcmp(a->dtype, "int64"));
-  const int64_t *src = a->data;
-  int32_t *dst = ad_xmalloc((size_t)(a->numel ? a->numel : 1) * sizeof *dst);
-  for (int64_t i = 0; i < a->numel; i++) {
-    if (src[i] < INT32_MIN || src[i] > INT32_MAX) {
-      free(dst);
-      return ad_fail(AD_ERR_INPUT, "%s: error: element %lld (%lld) does not fit the int32 input",
-                     path, (long long)i, (long long)src[i]);
-    }
-    dst[i] = (int32_t)src[i];
-  }
+static void retype(ad_npy *a, const char *dtype, size_t size) {
+  void *d = ad_xmalloc((size_t)(a->numel ? a->numel : 1) * size);
+  for (int64_t i = 0; i < a->numel; i++)
+    if (!strcmp(dtype, "float32"))
+      ((float *)d)[i] = (float)((const double *)a->data)[i];
+    else if (!strcmp(dtype, "int64"))
+      ((int64_t *)d)[i] = ((const int32_t *)a->data)[i];
+    else
+      ((int32_t *)d)[i] = (int32_t)((const int64_t *)a->data)[i];
   free(a->data);
-  a->data = dst;
-  snprintf(a->dtype, sizeof a->dtype, "int32");
+  a->data = d;
+  snprintf(a->dtype, sizeof a->dtype, "%s", dtype);
+}
+
+ad_status ad_npy_fit(const char *path, ad_npy *a, const char *dtype) {
+  if (!strcmp(a->dtype, dtype))
+    return AD_OK;
+  if (!strcmp(dtype, "float32") && !strcmp(a->dtype, "float64")) {
+    retype(a, dtype, 4);
+  } else if (!strcmp(dtype, "int64") && !strcmp(a->dtype, "int32")) {
+    retype(a, dtype, 8);
+  } else if (!strcmp(dtype, "int32") && !strcmp(a->dtype, "int64")) {
+    const int64_t *src = a->data;
+    for (int64_t i = 0; i < a->numel; i++)
+      if (src[i] < INT32_MIN || src[i] > INT32_MAX)
+        return ad_fail(AD_ERR_INPUT, "%s: error: element %lld (%lld) does not fit the int32 input",
+                       path, (long long)i, (long long)src[i]);
+    retype(a, dtype, 4);
+  } else if (!strcmp(dtype, "bfloat16") && !strcmp(a->dtype, "uint16")) {
+    snprintf(a->dtype, sizeof a->dtype, "bfloat16");
+  }
   return AD_OK;
 }
 

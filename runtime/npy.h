@@ -1,7 +1,8 @@
 /*
  * runtime/npy.h: NumPy .npy files (format 1.0-3.0), the data format of
- * `run --data` and `--out`. Supported dtypes: <f4, <f8 (converted to float32 on
- * load), <i8, <i4 (converted to int64 on load), |u1, |b1. C order only; a
+ * `run --data`, `infer --data` and `--out`. Dtypes: float16/32/64,
+ * int8/16/32/64, uint8/16/32/64 and bool, loaded as they are; ad_npy_fit then
+ * converts what a tensor of another dtype accepts. C order only; a
  * Fortran-ordered or big-endian file is an input error naming the file.
  */
 #ifndef AD_NPY_H
@@ -10,17 +11,17 @@
 #include "../common/ad.h"
 
 typedef struct ad_npy {
-  char dtype[16];   /* after conversion: "float32" or "int64" (or "uint8", "bool") */
+  char dtype[16]; /* ad_dtype_name's names: "float32", "int64", "bool", ... */
   int rank;
   int64_t dims[8];
   int64_t numel;
-  void *data;       /* owned; numel elements of dtype */
+  void *data; /* owned; numel elements of dtype */
 } ad_npy;
 
-/* Loads a file; floats become float32 and integers int64. */
+/* Loads a file with its dtype. */
 ad_status ad_npy_load(const char *path, ad_npy *out);
 ad_status ad_npy_load_buffer(const char *path, const void *buf, size_t len, ad_npy *out);
-/* Writes an array of dtype "float32", "int64", "int32", "uint8" or "bool",
+/* Writes an array of one of those dtypes (bfloat16 as its bits, '<u2'),
  * atomically (a temporary file renamed into place). */
 ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64_t *dims,
                       const void *data);
@@ -32,9 +33,11 @@ ad_status ad_npy_save(const char *path, const char *dtype, int rank, const int64
 size_t ad_npy_header(char *buf, size_t cap, const char *dtype, int rank, const int64_t *dims,
                      size_t *elem_size);
 void ad_npy_free(ad_npy *a);
-/* Narrows a loaded int64 array to int32 in place (for a model input of type
- * int32, since integer files load as int64); a value outside int32 is an input
- * error naming the file and the element. */
-ad_status ad_npy_narrow_int32(const char *path, ad_npy *a);
+/* Converts a loaded array for a tensor of `dtype` where a file of its dtype
+ * is accepted: float64 -> float32, int32 -> int64, int64 -> int32 (each value
+ * must fit: else an input error naming the file and the element), uint16 ->
+ * bfloat16 (the bits). Any other pair is left as it is, for the caller's
+ * dtype check. */
+ad_status ad_npy_fit(const char *path, ad_npy *a, const char *dtype);
 
 #endif

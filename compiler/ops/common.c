@@ -63,29 +63,63 @@ int ad_op_kernel_dtype(ad_dtype t) {
     return AD_K_I32;
   case AD_U8:
     return AD_K_U8;
-  default:
+  case AD_BOOL:
     return AD_K_BOOL;
+  default:
+    AD_ASSERT(!"no kernel dtype code: the op's shape inference must refuse this dtype");
+    return -1;
   }
 }
 
-int ad_op_dtype_of_onnx(int64_t code, ad_dtype *out) {
-  switch (code) {
-  case 1:
-    *out = AD_F32;
-    return 1;
-  case 2:
-    *out = AD_U8;
-    return 1;
-  case 6:
-    *out = AD_I32;
-    return 1;
-  case 7:
-    *out = AD_I64;
-    return 1;
-  case 9:
-    *out = AD_BOOL;
-    return 1;
-  default:
-    return 0;
+int64_t ad_op_one_slot(ad_dtype t) {
+  int64_t slot = 0;
+  switch (t) {
+  case AD_F32: {
+    float f = 1.0f;
+    memcpy(&slot, &f, 4);
+    break;
   }
+  case AD_F64: {
+    double d = 1.0;
+    memcpy(&slot, &d, 8);
+    break;
+  }
+  case AD_F16:
+    slot = 0x3c00;
+    break;
+  case AD_BF16:
+    slot = 0x3f80;
+    break;
+  default:
+    slot = 1;
+  }
+  return slot;
+}
+
+/* ONNX TensorProto.DataType codes of the dtypes autodist stores (string 8,
+ * complex 14/15 and the float8 kinds are not among them). */
+static const struct {
+  int64_t code;
+  ad_dtype t;
+} onnx_codes[] = {
+    {1, AD_F32},  {2, AD_U8},   {3, AD_I8},    {4, AD_U16},  {5, AD_I16},
+    {6, AD_I32},  {7, AD_I64},  {9, AD_BOOL},  {10, AD_F16}, {11, AD_F64},
+    {12, AD_U32}, {13, AD_U64}, {16, AD_BF16},
+};
+
+int ad_op_dtype_of_onnx(int64_t code, ad_dtype *out) {
+  for (size_t i = 0; i < sizeof onnx_codes / sizeof *onnx_codes; i++)
+    if (onnx_codes[i].code == code) {
+      *out = onnx_codes[i].t;
+      return 1;
+    }
+  return 0;
+}
+
+int64_t ad_op_onnx_of_dtype(ad_dtype t) {
+  for (size_t i = 0; i < sizeof onnx_codes / sizeof *onnx_codes; i++)
+    if (onnx_codes[i].t == t)
+      return onnx_codes[i].code;
+  AD_ASSERT(!"every dtype has an ONNX code");
+  return 0;
 }

@@ -5,12 +5,14 @@
  * chains of them into single loops; broadcasting follows numpy, and the
  * gradient of a broadcast input is summed back with ReduceSumTo.
  *
- * Dtypes: float32, int64, int32, uint8 and bool. Each op's shape inference
- * checks its inputs against the types ONNX allows at the model's opset (within
- * what autodist stores). The scalar emitters are driven by the LLVM type of
- * their operands (codegen.h: float, i64, i32, i8 = uint8, i1 = bool), so one
- * emitter serves every dtype; float32 takes the same instructions as always.
- * Integer semantics follow onnxruntime: Div truncates, Add/Sub/Mul wrap.
+ * Dtypes: every numeric type and bool. Each op's shape inference checks its
+ * inputs against the types ONNX allows at the model's opset. The scalar
+ * emitters are driven by the LLVM type of their operands (codegen.h: float,
+ * double, i64, i32, i16, i8, i1 = bool; float16 and bfloat16 compute in float
+ * and are rounded after each op), so one emitter serves every width; where
+ * signedness matters it comes from the node's input dtype. float32 takes the
+ * same instructions as always. Integer semantics follow onnxruntime: Div
+ * truncates, Add/Sub/Mul wrap. Gradients are float32 only.
  */
 #include "../codegen.h"
 #include "../op.h"
@@ -22,9 +24,9 @@
 
 /* ---- dtype sets ---- */
 
-#define T_F (1u << AD_F32)
-#define T_I ((1u << AD_I64) | (1u << AD_I32))
-#define T_U (1u << AD_U8)
+#define T_F ((1u << AD_F32) | (1u << AD_F64) | (1u << AD_F16) | (1u << AD_BF16))
+#define T_I ((1u << AD_I64) | (1u << AD_I32) | (1u << AD_I16) | (1u << AD_I8))
+#define T_U ((1u << AD_U8) | (1u << AD_U16) | (1u << AD_U32) | (1u << AD_U64))
 #define T_B (1u << AD_BOOL)
 #define T_NUM (T_F | T_I | T_U)
 #define T_ALL (T_NUM | T_B)
@@ -33,7 +35,7 @@
 static const char *mask_str(unsigned mask) {
   static char buf[128];
   buf[0] = 0;
-  for (int t = 0; t < AD_F16; t++)
+  for (int t = 0; t < AD_DTYPE_COUNT; t++)
     if (mask >> t & 1) {
       if (buf[0])
         strcat(buf, ", ");
@@ -129,7 +131,7 @@ static ad_status infer_mod(ad_graph *g, ad_node *n) {
     return ad_fail(AD_ERR_INPUT, "%s: error: fmod must be 0 or 1, got %lld", ad_node_where(g, n),
                    (long long)fm);
   AD_TRY(ew_infer(g, n, T_NUM, SAME_AS_IN0));
-  if (n->in[0]->dtype == AD_F32 && fm == 0)
+  if (ad_dtype_is_float(n->in[0]->dtype) && fm == 0)
     return ad_fail(AD_ERR_INPUT, "%s: error: float inputs need fmod=1", ad_node_where(g, n));
   return AD_OK;
 }
@@ -185,8 +187,8 @@ static ad_status infer_cast(ad_graph *g, ad_node *n) {
   ad_dtype to;
   if (!ad_op_dtype_of_onnx(code, &to))
     return ad_fail(AD_ERR_INPUT,
-                   "%s: error: cast to ONNX type %lld is not supported (float32, int64, int32, "
-                   "uint8, bool)",
+                   "%s: error: cast to ONNX type %lld is not supported (numeric types and bool "
+                   "only)",
                    ad_node_where(g, n), (long long)code);
   AD_TRY(need_type(g, n, 0, T_ALL));
   return set_broadcast(g, n, to);
@@ -239,30 +241,47 @@ static ad_status infer_broadcast_to(ad_graph *g, ad_node *n) {
 /* ---- scalar helpers, driven by the operand's LLVM type ---- */
 
 static int is_float(LLVMValueRef v) {
-  return LLVMGetTypeKind(LLVMTypeOf(v)) == LLVMFloatTypeKind;
+  LLVMTypeKind k = LLVMGetTypeKind(LLVMTypeOf(v));
+  return k == LLVMFloatTypeKind || k == LLVMDoubleTypeKind;
 }
 
-/* uint8 (i8) and bool (i1) are the unsigned integer types. */
-static int is_unsigned(LLVMValueRef v) {
-  return !is_float(v) && LLVMGetIntTypeWidth(LLVMTypeOf(v)) <= 8;
+static int is_double(LLVMValueRef v) {
+  return LLVMGetTypeKind(LLVMTypeOf(v)) == LLVMDoubleTypeKind;
 }
 
-/* Constant x of v's type. */
+/* Input i of n is of an unsigned type (uint8..64, bool). */
+static int uns(const ad_node *n, int i) {
+  return n->in[i] && ad_dtype_is_unsigned(n->in[i]->dtype);
+}
+
+/* Constant x of v's type (an integer x in range of it). */
 static LLVMValueRef cst(LLVMValueRef like, double x) {
   LLVMTypeRef t = LLVMTypeOf(like);
-  if (LLVMGetTypeKind(t) == LLVMFloatTypeKind)
+  if (is_float(like))
     return LLVMConstReal(t, x);
-  return LLVMConstInt(t, (unsigned long long)(int64_t)x, !is_unsigned(like));
+  return LLVMConstInt(t, (unsigned long long)(int64_t)x, 1);
 }
 
-static LLVMValueRef call1(ad_cg *cg, const char *name, LLVMValueRef x) {
-  return ad_cg_intrinsic(cg, name, 1, &x);
+/* The float function `base` for x's width: "llvm.exp" -> "llvm.exp.f32" or
+ * ".f64"; a libm name ("tan") -> "tanf" or "tan". */
+static const char *fn_name(const char *base, LLVMValueRef x, char *buf, size_t cap) {
+  if (!strncmp(base, "llvm.", 5))
+    snprintf(buf, cap, "%s.%s", base, is_double(x) ? "f64" : "f32");
+  else
+    snprintf(buf, cap, "%s%s", base, is_double(x) ? "" : "f");
+  return buf;
+}
+
+static LLVMValueRef call1(ad_cg *cg, const char *base, LLVMValueRef x) {
+  char name[64];
+  return ad_cg_intrinsic(cg, fn_name(base, x, name, sizeof name), 1, &x);
 }
 
 enum { CMP_EQ, CMP_LT, CMP_GT, CMP_LE, CMP_GE };
 
-/* Ordered float comparisons (false on NaN), signed or unsigned integer ones. */
-static LLVMValueRef cmp(ad_cg *cg, int op, LLVMValueRef a, LLVMValueRef b) {
+/* Ordered float comparisons (false on NaN); integer ones signed, or unsigned
+ * when u. */
+static LLVMValueRef ucmp(ad_cg *cg, int op, LLVMValueRef a, LLVMValueRef b, int u) {
   LLVMBuilderRef bd = ad_cg_builder(cg);
   if (is_float(a)) {
     static const LLVMRealPredicate fp[] = {LLVMRealOEQ, LLVMRealOLT, LLVMRealOGT, LLVMRealOLE,
@@ -271,7 +290,12 @@ static LLVMValueRef cmp(ad_cg *cg, int op, LLVMValueRef a, LLVMValueRef b) {
   }
   static const LLVMIntPredicate sp[] = {LLVMIntEQ, LLVMIntSLT, LLVMIntSGT, LLVMIntSLE, LLVMIntSGE};
   static const LLVMIntPredicate up[] = {LLVMIntEQ, LLVMIntULT, LLVMIntUGT, LLVMIntULE, LLVMIntUGE};
-  return LLVMBuildICmp(bd, is_unsigned(a) ? up[op] : sp[op], a, b, "");
+  return LLVMBuildICmp(bd, u ? up[op] : sp[op], a, b, "");
+}
+
+/* A float or signed comparison. */
+static LLVMValueRef cmp(ad_cg *cg, int op, LLVMValueRef a, LLVMValueRef b) {
+  return ucmp(cg, op, a, b, 0);
 }
 
 static LLVMValueRef sel(ad_cg *cg, LLVMValueRef c, LLVMValueRef a, LLVMValueRef b) {
@@ -298,25 +322,25 @@ static LLVMValueRef neg(ad_cg *cg, LLVMValueRef a) {
   return is_float(a) ? LLVMBuildFNeg(bd, a, "") : LLVMBuildNeg(bd, a, "");
 }
 static LLVMValueRef fabs_(ad_cg *cg, LLVMValueRef x) {
-  return call1(cg, "llvm.fabs.f32", x);
+  return call1(cg, "llvm.fabs", x);
 }
 
 /* max/min as numpy's maximum/minimum: a NaN in either operand propagates. */
-static LLVMValueRef max2(ad_cg *cg, LLVMValueRef a, LLVMValueRef b, int is_max) {
-  LLVMValueRef t = sel(cg, cmp(cg, is_max ? CMP_LT : CMP_GT, a, b), b, a);
+static LLVMValueRef max2(ad_cg *cg, LLVMValueRef a, LLVMValueRef b, int is_max, int u) {
+  LLVMValueRef t = sel(cg, ucmp(cg, is_max ? CMP_LT : CMP_GT, a, b, u), b, a);
   if (!is_float(a))
     return t;
   LLVMValueRef b_nan = LLVMBuildFCmp(ad_cg_builder(cg), LLVMRealUNO, b, b, "");
   return sel(cg, b_nan, b, t);
 }
 
-/* Integer division and remainder with a zero divisor give 0 rather than a trap;
- * INT_MIN / -1 wraps. */
-static LLVMValueRef int_divrem(ad_cg *cg, LLVMValueRef a, LLVMValueRef b, int rem) {
+/* Integer division and remainder (unsigned when u) with a zero divisor give 0
+ * rather than a trap; INT_MIN / -1 wraps. */
+static LLVMValueRef int_divrem(ad_cg *cg, LLVMValueRef a, LLVMValueRef b, int rem, int u) {
   LLVMBuilderRef bd = ad_cg_builder(cg);
   LLVMValueRef zero = cst(a, 0), one = cst(a, 1);
   LLVMValueRef bz = cmp(cg, CMP_EQ, b, zero);
-  if (is_unsigned(a)) {
+  if (u) {
     LLVMValueRef d = sel(cg, bz, one, b);
     LLVMValueRef q = rem ? LLVMBuildURem(bd, a, d, "") : LLVMBuildUDiv(bd, a, d, "");
     return sel(cg, bz, zero, q);
@@ -328,25 +352,33 @@ static LLVMValueRef int_divrem(ad_cg *cg, LLVMValueRef a, LLVMValueRef b, int re
   return sel(cg, bz, zero, q);
 }
 
-/* Converts a scalar to dtype `to` like onnxruntime's Cast: float -> int
- * truncates, anything -> bool is "!= 0", bool -> number is 0 or 1. */
-static LLVMValueRef convert(ad_cg *cg, LLVMValueRef v, ad_dtype to) {
+/* Converts a scalar of dtype `from` to dtype `to` like onnxruntime's Cast:
+ * float -> int truncates, anything -> bool is "!= 0", bool -> number is 0 or
+ * 1; floats round to nearest even. float16 and bfloat16 are reached through
+ * float32 (their register type), as onnxruntime and PyTorch do: a float64 is
+ * rounded twice, where numpy rounds once. */
+static LLVMValueRef convert(ad_cg *cg, LLVMValueRef v, ad_dtype from, ad_dtype to) {
   LLVMBuilderRef bd = ad_cg_builder(cg);
   LLVMTypeRef tt = ad_cg_type(cg, to);
-  if (LLVMTypeOf(v) == tt)
-    return v;
+  int u = ad_dtype_is_unsigned(from);
   if (to == AD_BOOL)
     return is_float(v) ? LLVMBuildFCmp(bd, LLVMRealUNE, v, cst(v, 0), "")
                        : LLVMBuildICmp(bd, LLVMIntNE, v, cst(v, 0), "");
-  if (to == AD_F32)
-    return is_unsigned(v) ? LLVMBuildUIToFP(bd, v, tt, "") : LLVMBuildSIToFP(bd, v, tt, "");
+  if (LLVMTypeOf(v) == tt)
+    return v;
+  if (ad_dtype_is_float(to)) {
+    if (is_float(v))
+      return is_double(v) ? LLVMBuildFPTrunc(bd, v, tt, "") : LLVMBuildFPExt(bd, v, tt, "");
+    return u ? LLVMBuildUIToFP(bd, v, tt, "") : LLVMBuildSIToFP(bd, v, tt, "");
+  }
   if (is_float(v)) {
-    if (to == AD_U8) /* wraps like numpy's astype for in-range int32 values */
-      return LLVMBuildTrunc(
-          bd, LLVMBuildFPToSI(bd, v, LLVMInt32TypeInContext(ad_cg_context(cg)), ""), tt, "");
+    if (to == AD_U64)
+      return LLVMBuildFPToUI(bd, v, tt, "");
+    if (ad_dtype_is_unsigned(to)) /* wraps like numpy's astype for in-range int64 values */
+      return LLVMBuildTrunc(bd, LLVMBuildFPToSI(bd, v, ad_cg_type(cg, AD_I64), ""), tt, "");
     return LLVMBuildFPToSI(bd, v, tt, "");
   }
-  return LLVMBuildIntCast2(bd, v, tt, !is_unsigned(v), "");
+  return LLVMBuildIntCast2(bd, v, tt, !u, "");
 }
 
 /* ---- scalar emission: arithmetic ---- */
@@ -361,7 +393,7 @@ static LLVMValueRef emit_mul(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return mul(cg, in[0], in[1]);
 }
 static LLVMValueRef emit_div(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return is_float(in[0]) ? fdiv(cg, in[0], in[1]) : int_divrem(cg, in[0], in[1], 0);
+  return is_float(in[0]) ? fdiv(cg, in[0], in[1]) : int_divrem(cg, in[0], in[1], 0, uns(n, 0));
 }
 static LLVMValueRef emit_neg(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return neg(cg, in[0]);
@@ -370,14 +402,14 @@ static LLVMValueRef emit_copy(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return in[0];
 }
 static LLVMValueRef emit_scale(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return LLVMBuildFMul(ad_cg_builder(cg), in[0], ad_cg_f32(cg, ad_attr_float(n, "alpha", 1)), "");
+  return LLVMBuildFMul(ad_cg_builder(cg), in[0], cst(in[0], ad_attr_float(n, "alpha", 1)), "");
 }
 
 static LLVMValueRef emit_abs(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef x = in[0];
   if (is_float(x))
     return fabs_(cg, x);
-  if (is_unsigned(x))
+  if (uns(n, 0))
     return x;
   return sel(cg, cmp(cg, CMP_LT, x, cst(x, 0)), neg(cg, x), x);
 }
@@ -386,21 +418,21 @@ static LLVMValueRef emit_abs(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
 static LLVMValueRef emit_sign(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef x = in[0];
   LLVMValueRef rest = is_float(x) ? x : cst(x, 0);
-  if (!is_unsigned(x))
+  if (!uns(n, 0))
     rest = sel(cg, cmp(cg, CMP_LT, x, cst(x, 0)), cst(x, -1), rest);
-  return sel(cg, cmp(cg, CMP_GT, x, cst(x, 0)), cst(x, 1), rest);
+  return sel(cg, ucmp(cg, CMP_GT, x, cst(x, 0), uns(n, 0)), cst(x, 1), rest);
 }
 
 static LLVMValueRef emit_max(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef r = in[0];
   for (int i = 1; i < n->n_in; i++)
-    r = max2(cg, r, in[i], 1);
+    r = max2(cg, r, in[i], 1, uns(n, 0));
   return r;
 }
 static LLVMValueRef emit_min(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef r = in[0];
   for (int i = 1; i < n->n_in; i++)
-    r = max2(cg, r, in[i], 0);
+    r = max2(cg, r, in[i], 0, uns(n, 0));
   return r;
 }
 static LLVMValueRef emit_sum(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
@@ -416,10 +448,11 @@ static LLVMValueRef emit_mean(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
 /* Clip(x, min, max) = min(max(x, lo), hi); NaN passes; a missing bound is no bound. */
 static LLVMValueRef emit_clip(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef v = in[0];
+  int u = uns(n, 0);
   if (n->n_in > 1 && in[1])
-    v = sel(cg, cmp(cg, CMP_LT, v, in[1]), in[1], v);
+    v = sel(cg, ucmp(cg, CMP_LT, v, in[1], u), in[1], v);
   if (n->n_in > 2 && in[2])
-    v = sel(cg, cmp(cg, CMP_LT, in[2], v), in[2], v);
+    v = sel(cg, ucmp(cg, CMP_LT, in[2], v, u), in[2], v);
   return v;
 }
 
@@ -438,21 +471,25 @@ static LLVMValueRef emit_clip6(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return sel(cg, cmp(cg, CMP_LT, h, v), h, v);
 }
 
-/* Pow: a float base uses powf; an integer base goes through double and
- * truncates back (numpy's int ** int for the values tests use). */
+/* Pow: a float base uses pow of its width (the exponent converted to it); an
+ * integer base goes through double and truncates back (numpy's int ** int for
+ * the values tests use). */
 static LLVMValueRef emit_pow(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMBuilderRef bd = ad_cg_builder(cg);
   LLVMValueRef x = in[0], e = in[1];
+  char name[32];
   if (is_float(x)) {
-    LLVMValueRef args[2] = {x, convert(cg, e, AD_F32)};
-    return ad_cg_intrinsic(cg, "llvm.pow.f32", 2, args);
+    ad_dtype xt = is_double(x) ? AD_F64 : AD_F32;
+    LLVMValueRef args[2] = {x, convert(cg, e, n->in[1]->dtype, xt)};
+    return ad_cg_intrinsic(cg, fn_name("llvm.pow", x, name, sizeof name), 2, args);
   }
-  LLVMTypeRef f64 = LLVMDoubleTypeInContext(ad_cg_context(cg));
-  LLVMValueRef args[2] = {LLVMBuildSIToFP(bd, x, f64, ""),
-                          is_float(e)      ? LLVMBuildFPExt(bd, e, f64, "")
-                          : is_unsigned(e) ? LLVMBuildUIToFP(bd, e, f64, "")
-                                           : LLVMBuildSIToFP(bd, e, f64, "")};
-  return LLVMBuildFPToSI(bd, ad_cg_intrinsic(cg, "llvm.pow.f64", 2, args), LLVMTypeOf(x), "");
+  LLVMTypeRef f64 = ad_cg_type(cg, AD_F64);
+  LLVMValueRef args[2] = {uns(n, 0) ? LLVMBuildUIToFP(bd, x, f64, "")
+                                    : LLVMBuildSIToFP(bd, x, f64, ""),
+                          convert(cg, e, n->in[1]->dtype, AD_F64)};
+  LLVMValueRef r = ad_cg_intrinsic(cg, "llvm.pow.f64", 2, args);
+  return uns(n, 0) ? LLVMBuildFPToUI(bd, r, LLVMTypeOf(x), "")
+                   : LLVMBuildFPToSI(bd, r, LLVMTypeOf(x), "");
 }
 
 /* Mod: fmod=1 is C's fmod (sign of the dividend); fmod=0 is Python's % (sign
@@ -462,8 +499,8 @@ static LLVMValueRef emit_mod(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef a = in[0], b = in[1];
   if (is_float(a))
     return LLVMBuildFRem(bd, a, b, "");
-  LLVMValueRef r = int_divrem(cg, a, b, 1);
-  if (ad_attr_int(n, "fmod", 0) || is_unsigned(a))
+  LLVMValueRef r = int_divrem(cg, a, b, 1, uns(n, 0));
+  if (ad_attr_int(n, "fmod", 0) || uns(n, 0))
     return r;
   LLVMValueRef zero = cst(a, 0);
   LLVMValueRef differ = LLVMBuildXor(bd, cmp(cg, CMP_LT, r, zero), cmp(cg, CMP_LT, b, zero), "");
@@ -471,29 +508,30 @@ static LLVMValueRef emit_mod(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return sel(cg, fix, add(cg, r, b), r);
 }
 
-/* BitShift on uint8: shifting by 8 or more gives 0 (C's promotion to int). */
+/* BitShift on unsigned types: shifting by the width or more gives 0. */
 static LLVMValueRef emit_bitshift(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMBuilderRef bd = ad_cg_builder(cg);
   LLVMValueRef a = in[0], b = in[1];
   int left = !strcmp(ad_attr_str(n, "direction", ""), "LEFT");
   LLVMValueRef s = left ? LLVMBuildShl(bd, a, b, "") : LLVMBuildLShr(bd, a, b, "");
-  LLVMValueRef wide = cmp(cg, CMP_GE, b, cst(b, LLVMGetIntTypeWidth(LLVMTypeOf(a))));
+  LLVMValueRef wide = ucmp(cg, CMP_GE, b, cst(b, LLVMGetIntTypeWidth(LLVMTypeOf(a))), 1);
   return sel(cg, wide, cst(a, 0), s);
 }
 
 /* ---- scalar emission: float functions ---- */
 
-/* Float functions of one argument that are one call: an LLVM intrinsic or libm. */
+/* Float functions of one argument that are one call: an LLVM intrinsic or libm
+ * (named for double; fn_name picks the width). */
 static const struct {
   const char *op, *fn;
 } unary_fns[] = {
-    {"Exp", "llvm.exp.f32"},     {"Log", "llvm.log.f32"},   {"Sqrt", "llvm.sqrt.f32"},
-    {"Floor", "llvm.floor.f32"}, {"Ceil", "llvm.ceil.f32"}, {"Round", "llvm.roundeven.f32"},
-    {"Sin", "llvm.sin.f32"},     {"Cos", "llvm.cos.f32"},   {"Tan", "tanf"},
-    {"Asin", "asinf"},           {"Acos", "acosf"},         {"Atan", "atanf"},
-    {"Sinh", "sinhf"},           {"Cosh", "coshf"},         {"Asinh", "asinhf"},
-    {"Acosh", "acoshf"},         {"Atanh", "atanhf"},       {"Erf", "erff"},
-    {"Tanh", "tanhf"},
+    {"Exp", "llvm.exp"},     {"Log", "llvm.log"},   {"Sqrt", "llvm.sqrt"},
+    {"Floor", "llvm.floor"}, {"Ceil", "llvm.ceil"}, {"Round", "llvm.roundeven"},
+    {"Sin", "llvm.sin"},     {"Cos", "llvm.cos"},   {"Tan", "tan"},
+    {"Asin", "asin"},        {"Acos", "acos"},      {"Atan", "atan"},
+    {"Sinh", "sinh"},        {"Cosh", "cosh"},      {"Asinh", "asinh"},
+    {"Acosh", "acosh"},      {"Atanh", "atanh"},    {"Erf", "erf"},
+    {"Tanh", "tanh"},
 };
 
 static LLVMValueRef emit_unary_fn(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
@@ -522,10 +560,8 @@ static LLVMValueRef emit_relu_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in
 }
 
 static LLVMValueRef emit_sigmoid(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  LLVMBuilderRef b = ad_cg_builder(cg);
-  LLVMValueRef negx = LLVMBuildFNeg(b, in[0], "");
-  LLVMValueRef e = ad_cg_intrinsic(cg, "llvm.exp.f32", 1, &negx);
-  return LLVMBuildFDiv(b, ad_cg_f32(cg, 1), LLVMBuildFAdd(b, ad_cg_f32(cg, 1), e, ""), "");
+  LLVMValueRef one = cst(in[0], 1);
+  return fdiv(cg, one, add(cg, one, call1(cg, "llvm.exp", neg(cg, in[0]))));
 }
 
 /* SigmoidGrad(dy, y) = dy * (1 - y) * y, PyTorch's order of operations. */
@@ -546,8 +582,8 @@ static LLVMValueRef emit_tanh_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in
 static LLVMValueRef emit_softplus(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef x = in[0];
   LLVMValueRef pos = sel(cg, cmp(cg, CMP_GT, x, cst(x, 0)), x, cst(x, 0));
-  LLVMValueRef e = call1(cg, "llvm.exp.f32", neg(cg, fabs_(cg, x)));
-  return add(cg, pos, call1(cg, "log1pf", e));
+  LLVMValueRef e = call1(cg, "llvm.exp", neg(cg, fabs_(cg, x)));
+  return add(cg, pos, call1(cg, "log1p", e));
 }
 
 static LLVMValueRef emit_softsign(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
@@ -556,7 +592,7 @@ static LLVMValueRef emit_softsign(ad_cg *cg, const ad_node *n, LLVMValueRef *in)
 
 /* x > 0 ? x : alpha * (e^x - 1), with expm1 for accuracy near 0. */
 static LLVMValueRef elu(ad_cg *cg, LLVMValueRef x, float alpha) {
-  LLVMValueRef e = mul(cg, cst(x, alpha), call1(cg, "expm1f", x));
+  LLVMValueRef e = mul(cg, cst(x, alpha), call1(cg, "expm1", x));
   return sel(cg, cmp(cg, CMP_GT, x, cst(x, 0)), x, e);
 }
 
@@ -574,7 +610,7 @@ static LLVMValueRef emit_selu(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
 static LLVMValueRef emit_celu(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef x = in[0];
   float alpha = ad_attr_float(n, "alpha", 1.0f);
-  LLVMValueRef e = mul(cg, cst(x, alpha), call1(cg, "expm1f", fdiv(cg, x, cst(x, alpha))));
+  LLVMValueRef e = mul(cg, cst(x, alpha), call1(cg, "expm1", fdiv(cg, x, cst(x, alpha))));
   return sel(cg, cmp(cg, CMP_GT, x, cst(x, 0)), x, e);
 }
 
@@ -619,19 +655,19 @@ static LLVMValueRef emit_shrink(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
 /* ---- scalar emission: comparisons, logic, selection, conversion ---- */
 
 static LLVMValueRef emit_equal(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return cmp(cg, CMP_EQ, in[0], in[1]);
+  return ucmp(cg, CMP_EQ, in[0], in[1], uns(n, 0));
 }
 static LLVMValueRef emit_less(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return cmp(cg, CMP_LT, in[0], in[1]);
+  return ucmp(cg, CMP_LT, in[0], in[1], uns(n, 0));
 }
 static LLVMValueRef emit_greater(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return cmp(cg, CMP_GT, in[0], in[1]);
+  return ucmp(cg, CMP_GT, in[0], in[1], uns(n, 0));
 }
 static LLVMValueRef emit_less_equal(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return cmp(cg, CMP_LE, in[0], in[1]);
+  return ucmp(cg, CMP_LE, in[0], in[1], uns(n, 0));
 }
 static LLVMValueRef emit_greater_equal(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return cmp(cg, CMP_GE, in[0], in[1]);
+  return ucmp(cg, CMP_GE, in[0], in[1], uns(n, 0));
 }
 static LLVMValueRef emit_and(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return LLVMBuildAnd(ad_cg_builder(cg), in[0], in[1], "");
@@ -662,7 +698,7 @@ static LLVMValueRef emit_isinf(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   return r;
 }
 static LLVMValueRef emit_cast(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return convert(cg, in[0], n->out[0]->dtype);
+  return convert(cg, in[0], n->in[0]->dtype, n->out[0]->dtype);
 }
 
 /* ---- scalar emission: gradient ops (PyTorch's formulas and order) ---- */
@@ -674,7 +710,7 @@ static LLVMValueRef emit_sqrt_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in
 
 /* PowGrad(dy, x, e) = e == 0 ? 0 : dy * (e * x^(e-1)). */
 static LLVMValueRef emit_pow_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  LLVMValueRef dy = in[0], x = in[1], e = convert(cg, in[2], AD_F32);
+  LLVMValueRef dy = in[0], x = in[1], e = convert(cg, in[2], n->in[2]->dtype, AD_F32);
   LLVMValueRef args[2] = {x, sub(cg, e, cst(e, 1))};
   LLVMValueRef d = mul(cg, e, ad_cg_intrinsic(cg, "llvm.pow.f32", 2, args));
   return sel(cg, cmp(cg, CMP_EQ, e, cst(e, 0)), cst(dy, 0), mul(cg, dy, d));
@@ -684,7 +720,7 @@ static LLVMValueRef emit_pow_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in)
 static LLVMValueRef emit_pow_grad_exp(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMBuilderRef bd = ad_cg_builder(cg);
   LLVMValueRef dy = in[0], x = in[1], e = in[2];
-  LLVMValueRef g = mul(cg, dy, mul(cg, in[3], call1(cg, "llvm.log.f32", x)));
+  LLVMValueRef g = mul(cg, dy, mul(cg, in[3], call1(cg, "llvm.log", x)));
   LLVMValueRef z =
       LLVMBuildAnd(bd, cmp(cg, CMP_EQ, x, cst(x, 0)), cmp(cg, CMP_GE, e, cst(e, 0)), "");
   return sel(cg, z, cst(dy, 0), g);
@@ -693,7 +729,7 @@ static LLVMValueRef emit_pow_grad_exp(ad_cg *cg, const ad_node *n, LLVMValueRef 
 /* ErfGrad(dy, x) = 2/sqrt(pi) * exp(-x^2) * dy. */
 static LLVMValueRef emit_erf_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef x = in[1];
-  LLVMValueRef e = call1(cg, "llvm.exp.f32", neg(cg, mul(cg, x, x)));
+  LLVMValueRef e = call1(cg, "llvm.exp", neg(cg, mul(cg, x, x)));
   return mul(cg, mul(cg, cst(x, 1.1283791670955126), e), in[0]);
 }
 
@@ -719,7 +755,7 @@ static LLVMValueRef emit_leaky_relu_grad(ad_cg *cg, const ad_node *n, LLVMValueR
 /* PyTorch's elu_backward on the input: x <= 0 ? dy * s * neg * e^(x s) : dy * pos. */
 static LLVMValueRef elu_grad(ad_cg *cg, LLVMValueRef dy, LLVMValueRef x, float neg, float pos,
                              float s) {
-  LLVMValueRef e = call1(cg, "llvm.exp.f32", s == 1 ? x : mul(cg, x, cst(x, s)));
+  LLVMValueRef e = call1(cg, "llvm.exp", s == 1 ? x : mul(cg, x, cst(x, s)));
   LLVMValueRef a = mul(cg, mul(cg, s == 1 ? dy : mul(cg, dy, cst(dy, s)), cst(dy, neg)), e);
   return sel(cg, cmp(cg, CMP_LE, x, cst(x, 0)), a, pos == 1 ? dy : mul(cg, dy, cst(dy, pos)));
 }
@@ -770,7 +806,7 @@ static LLVMValueRef emit_softsign_grad(ad_cg *cg, const ad_node *n, LLVMValueRef
 /* SoftplusGrad(dy, x) = x > 20 ? dy : dy * z / (z + 1), z = e^x. */
 static LLVMValueRef emit_softplus_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
   LLVMValueRef dy = in[0], x = in[1];
-  LLVMValueRef z = call1(cg, "llvm.exp.f32", x);
+  LLVMValueRef z = call1(cg, "llvm.exp", x);
   LLVMValueRef g = fdiv(cg, mul(cg, dy, z), add(cg, z, cst(z, 1)));
   return sel(cg, cmp(cg, CMP_GT, x, cst(x, 20)), dy, g);
 }
@@ -813,10 +849,10 @@ static LLVMValueRef emit_reciprocal_grad(ad_cg *cg, const ad_node *n, LLVMValueR
 
 /* SinGrad(dy, x) = dy * cos(x); CosGrad(dy, x) = dy * -sin(x). */
 static LLVMValueRef emit_sin_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return mul(cg, in[0], call1(cg, "llvm.cos.f32", in[1]));
+  return mul(cg, in[0], call1(cg, "llvm.cos", in[1]));
 }
 static LLVMValueRef emit_cos_grad(ad_cg *cg, const ad_node *n, LLVMValueRef *in) {
-  return mul(cg, in[0], neg(cg, call1(cg, "llvm.sin.f32", in[1])));
+  return mul(cg, in[0], neg(cg, call1(cg, "llvm.sin", in[1])));
 }
 
 /* ---- gradients ---- */
@@ -1019,11 +1055,17 @@ static ad_status grad_zero(ad_grad *gc, const ad_node *n) {
 }
 
 /* Cast float32 -> float32 passes the gradient; a cast through an integer or
- * bool type is piecewise constant (a mask such as Cast(Greater(x, 0))). */
+ * bool type is piecewise constant (a mask such as Cast(Greater(x, 0))); one to
+ * another float type is refused (gradients are float32). */
 static ad_status grad_cast(ad_grad *gc, const ad_node *n) {
-  if (n->in[0]->dtype != AD_F32 || n->out[0]->dtype != AD_F32)
-    return grad_zero(gc, n);
-  return grad_copy(gc, n);
+  if (n->in[0]->dtype == AD_F32 && n->out[0]->dtype == AD_F32)
+    return grad_copy(gc, n);
+  if (ad_dtype_is_float(n->in[0]->dtype) && ad_dtype_is_float(n->out[0]->dtype))
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: cannot train through a cast from %s to %s; gradients are float32",
+                   ad_node_where(ad_grad_graph(gc), n), ad_dtype_name(n->in[0]->dtype),
+                   ad_dtype_name(n->out[0]->dtype));
+  return grad_zero(gc, n);
 }
 
 /* The gradient of a sum is its output gradient broadcast back: Expand via Add

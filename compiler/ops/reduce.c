@@ -21,6 +21,15 @@
  * mean, a Div by the count (PyTorch's mean backward); the last two are EW and
  * fuse into one loop.
  *
+ * Dtypes: float32 keeps the kernels above; the other dtypes each op accepts
+ * in ONNX (float64, float16, int32, int64, uint32, uint64; ReduceMax/Min
+ * also int8 and uint8 from opset 12) go to ad_k_reduce_<dtype>, every kind
+ * (Sum and Mean included; runtime/kernels_reduce.c gives the integer
+ * semantics: wrapping sums, the exact mean truncated). ArgMax/ArgMin take
+ * every int, float16, float32 and float64; Hardmax float16/32/64. bfloat16
+ * is refused, and so is a gradient through a reduction of anything but
+ * float32.
+ *
  * A fed input's axis 0 is each worker's slice of the batch, so a reduction
  * over it is per worker: what a loss computed inside the model (`loss:
  * output`) wants, since the replicas' losses and gradients are averaged.
@@ -29,6 +38,7 @@
 #include "../codegen.h"
 #include "../op.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* The reduced axes of node n as a mask over its input's axes, and the count
@@ -39,6 +49,11 @@ static ad_status reduce_mask(ad_graph *g, const ad_node *n, int *mask, int64_t *
   const int64_t *axes = NULL;
   int n_axes = 0, noop = 0;
   if (!strcmp(n->op_type, "ReduceSum") && n->op->min_opset >= 13) {
+    if (ad_attr_find(n, "axes"))
+      return ad_fail(AD_ERR_INPUT,
+                     "%s: error: ReduceSum takes its axes as an input from opset 13, not as an "
+                     "attribute",
+                     ad_node_where(g, n));
     noop = (int)ad_attr_int(n, "noop_with_empty_axes", 0);
     ad_value *a = n->n_in > 1 ? n->in[1] : NULL;
     if (a) {
@@ -77,14 +92,75 @@ static ad_status reduce_mask(ad_graph *g, const ad_node *n, int *mask, int64_t *
   return AD_OK;
 }
 
+/* The suffix of the runtime kernels for dtype t other than float32
+ * (ad_k_reduce_f64, ad_k_argmax_i32, ...); need_dtype has admitted t. */
+static const char *kernel_suffix(ad_dtype t) {
+  switch (t) {
+  case AD_F64:
+    return "f64";
+  case AD_F16:
+    return "f16";
+  case AD_I8:
+    return "i8";
+  case AD_U8:
+    return "u8";
+  case AD_I16:
+    return "i16";
+  case AD_U16:
+    return "u16";
+  case AD_I32:
+    return "i32";
+  case AD_U32:
+    return "u32";
+  case AD_I64:
+    return "i64";
+  case AD_U64:
+    return "u64";
+  default:
+    AD_ASSERT(!"no reduction kernel for this dtype: shape inference must refuse it");
+    return NULL;
+  }
+}
+
+#define DT(t) (1u << (t))
+_Static_assert(AD_DTYPE_COUNT <= 32, "a dtype set is a 32-bit mask");
+
+/* Input 0 of n is present and of a dtype in the set `accepted` (a mask of
+ * DT(...)); the error lists the set. */
+static ad_status need_dtype(ad_graph *g, ad_node *n, uint32_t accepted) {
+  if (n->n_in < 1 || !n->in[0])
+    return ad_fail(AD_ERR_INPUT, "%s: error: input 0 is missing", ad_node_where(g, n));
+  ad_value *x = n->in[0];
+  if (accepted & DT(x->dtype))
+    return AD_OK;
+  char list[256] = "";
+  size_t len = 0;
+  for (int t = 0; t < AD_DTYPE_COUNT; t++)
+    if (accepted & DT(t) && len < sizeof list)
+      len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "",
+                              ad_dtype_name((ad_dtype)t));
+  return ad_fail(AD_ERR_INPUT, "%s: error: input 0 ('%s') is %s; %s supports %s",
+                 ad_node_where(g, n), x->name, ad_dtype_name(x->dtype), n->op_type, list);
+}
+
+/* The dtypes of the Reduce* ops (ONNX's, less bfloat16). */
+#define REDUCE_DTYPES                                                                              \
+  (DT(AD_F32) | DT(AD_F64) | DT(AD_F16) | DT(AD_I32) | DT(AD_I64) | DT(AD_U32) | DT(AD_U64))
+
 static ad_status infer_reduce(ad_graph *g, ad_node *n) {
-  AD_TRY(ad_infer_need_f32(g, n, 0));
+  int minmax = !strcmp(n->op_type, "ReduceMax") || !strcmp(n->op_type, "ReduceMin");
+  /* ReduceMax/Min take int8 and uint8 from opset 12. */
+  AD_TRY(need_dtype(g, n, REDUCE_DTYPES | (minmax && g->opset >= 12 ? DT(AD_I8) | DT(AD_U8) : 0)));
   ad_value *x = n->in[0], *y = n->out[0];
+  ad_dtype t = x->dtype;
   int mask[AD_MAX_RANK];
   int64_t count;
   AD_TRY(reduce_mask(g, n, mask, &count));
+  if (count == 0 && !ad_dtype_is_float(t) && !strcmp(n->op_type, "ReduceMean"))
+    return ad_fail(AD_ERR_INPUT, "%s: error: the mean of no elements is not defined for %s",
+                   ad_node_where(g, n), ad_dtype_name(t));
   int keep = (int)ad_attr_int(n, "keepdims", 1);
-  y->dtype = AD_F32;
+  y->dtype = t;
   y->rank = 0;
   for (int i = 0; i < x->rank; i++)
     if (!mask[i])
@@ -139,6 +215,16 @@ static ad_status lower_reduce(ad_cg *cg, const ad_node *n) {
   int r = x->rank;
   reduce_params(x, mask, p);
   int64_t kind = reduce_kind(n);
+  if (x->dtype != AD_F32) {
+    char fn[32];
+    snprintf(fn, sizeof fn, "ad_k_reduce_%s", kernel_suffix(x->dtype));
+    p[1 + 2 * r] = kind;
+    int64_t ny = ad_value_numel(n->out[0]);
+    LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, x), ad_cg_ptr(cg, n->out[0]),
+                            ad_cg_scratch(cg, (size_t)(ny ? ny : 1) * 2 * sizeof(double))};
+    ad_cg_call_kernel(cg, fn, p, 2 + 2 * r, ptrs, 3);
+    return AD_OK;
+  }
   if (kind != AD_K_REDUCE_SUM && kind != AD_K_REDUCE_MEAN) {
     p[1 + 2 * r] = kind;
     int64_t ny = ad_value_numel(n->out[0]);
@@ -154,9 +240,18 @@ static ad_status lower_reduce(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
+/* The gradients are float32 only. */
+static ad_status need_f32_grad(ad_graph *g, const ad_node *n) {
+  if (n->in[0]->dtype == AD_F32)
+    return AD_OK;
+  return ad_fail(AD_ERR_INPUT, "%s: error: no gradient for %s input '%s' (only float32)",
+                 ad_node_where(g, n), ad_dtype_name(n->in[0]->dtype), n->in[0]->name);
+}
+
 /* dx = BroadcastTo(dy viewed with the reduced axes kept as 1) [* 1/count]. */
 static ad_status grad_reduce(ad_grad *gc, const ad_node *n) {
   ad_graph *g = ad_grad_graph(gc);
+  AD_TRY(need_f32_grad(g, n));
   ad_value *x = n->in[0], *dy = ad_grad_out(gc, n, 0);
   int mask[AD_MAX_RANK];
   int64_t count;
@@ -184,6 +279,7 @@ static ad_status grad_reduce(ad_grad *gc, const ad_node *n) {
 
 /* ReduceMax / ReduceMin: dx = ReduceMinMaxGrad(x, y, dy) (the forward's attributes). */
 static ad_status grad_reduce_minmax(ad_grad *gc, const ad_node *n) {
+  AD_TRY(need_f32_grad(ad_grad_graph(gc), n));
   ad_value *args[3] = {n->in[0], n->out[0], ad_grad_out(gc, n, 0)};
   ad_grad_acc(gc, n->in[0], ad_grad_emit(gc, "ReduceMinMaxGrad", 3, args, n->attrs, n->n_attr));
   return AD_OK;
@@ -224,7 +320,7 @@ static ad_status axis_view(ad_graph *g, const ad_node *n, int64_t dflt, int flat
 }
 
 static ad_status infer_arg(ad_graph *g, ad_node *n) {
-  AD_TRY(ad_infer_need_f32(g, n, 0));
+  AD_TRY(need_dtype(g, n, REDUCE_DTYPES | DT(AD_I8) | DT(AD_U8) | DT(AD_I16) | DT(AD_U16)));
   int64_t p[3];
   int axis;
   AD_TRY(axis_view(g, n, 0, 0, p, &axis));
@@ -246,8 +342,11 @@ static ad_status lower_arg(ad_cg *cg, const ad_node *n) {
   AD_TRY(axis_view(ad_cg_graph(cg), n, 0, 0, p, &axis));
   p[3] = !strcmp(n->op_type, "ArgMin");
   p[4] = ad_attr_int(n, "select_last_index", 0);
+  char fn[32] = "ad_k_argmax";
+  if (n->in[0]->dtype != AD_F32)
+    snprintf(fn, sizeof fn, "ad_k_argmax_%s", kernel_suffix(n->in[0]->dtype));
   LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
-  ad_cg_call_kernel(cg, "ad_k_argmax", p, 5, ptrs, 2);
+  ad_cg_call_kernel(cg, fn, p, 5, ptrs, 2);
   return AD_OK;
 }
 
@@ -260,7 +359,7 @@ static ad_status hardmax_view(ad_graph *g, const ad_node *n, int64_t *p) {
 }
 
 static ad_status infer_hardmax(ad_graph *g, ad_node *n) {
-  AD_TRY(ad_infer_need_f32(g, n, 0));
+  AD_TRY(need_dtype(g, n, DT(AD_F32) | DT(AD_F64) | DT(AD_F16)));
   int64_t p[3];
   AD_TRY(hardmax_view(g, n, p));
   return ad_infer_same(g, n);
@@ -269,8 +368,11 @@ static ad_status infer_hardmax(ad_graph *g, ad_node *n) {
 static ad_status lower_hardmax(ad_cg *cg, const ad_node *n) {
   int64_t p[3];
   AD_TRY(hardmax_view(ad_cg_graph(cg), n, p));
+  char fn[32] = "ad_k_hardmax";
+  if (n->in[0]->dtype != AD_F32)
+    snprintf(fn, sizeof fn, "ad_k_hardmax_%s", kernel_suffix(n->in[0]->dtype));
   LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
-  ad_cg_call_kernel(cg, "ad_k_hardmax", p, 3, ptrs, 2);
+  ad_cg_call_kernel(cg, fn, p, 3, ptrs, 2);
   return AD_OK;
 }
 

@@ -1217,7 +1217,7 @@ static ad_status infer_eye_like(ad_graph *g, ad_node *n) {
 
 static ad_status lower_eye_like(ad_cg *cg, const ad_node *n) {
   ad_value *y = n->out[0];
-  int64_t one = y->dtype == AD_F32 ? ad_k_slot(1.0f) : 1;
+  int64_t one = ad_op_one_slot(y->dtype);
   int64_t p[5] = {(int64_t)ad_dtype_size(y->dtype), y->dims[0], y->dims[1], ad_attr_int(n, "k", 0),
                   one};
   LLVMValueRef yp = ad_cg_ptr(cg, y);

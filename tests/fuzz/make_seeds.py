@@ -82,6 +82,17 @@ def main():
                                             np.ones(4, np.float32), "c")),
                        helper.make_node("Add", ["x", "c"], ["y"])], [x4], [y4])
 
+    # Every numeric dtype, with its initializer in the typed field ONNX uses for
+    # it (double_data, uint64_data, int32_data holding halfs' bits...), through
+    # an Add and a Cast.
+    for code, name in ((TensorProto.DOUBLE, "f64"), (TensorProto.FLOAT16, "f16"),
+                       (TensorProto.BFLOAT16, "bf16"), (TensorProto.INT8, "i8"),
+                       (TensorProto.INT16, "i16"), (TensorProto.UINT16, "u16"),
+                       (TensorProto.UINT32, "u32"), (TensorProto.UINT64, "u64")):
+        b = helper.make_tensor("b", code, [4], [1, 2, 3, 4])
+        model("dt_" + name, [helper.make_node("Add", ["x", "b"], ["s"]),
+                             helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT)],
+              [vi("x", ["N", 4], code)], [y4], [b], opset=17)
     # Every other op the loader knows, applied to x (as many times as the
     # schema's minimum arity): the fuzzer mutates the attributes from there.
     done = {f[3:-5] for f in os.listdir(HERE) if f.startswith("op_")}

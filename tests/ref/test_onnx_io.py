@@ -211,8 +211,8 @@ def test_inspect():
         "err_truncated.onnx": "error: not a valid ONNX model (protobuf parse failed)",
         "err_dyn_axis.onnx": "error: input 'x' has a dynamic dimension 'features' at axis 1 "
                              "(only axis 0, the batch, may be dynamic)",
-        "err_f64_init.onnx": "initializer 'w': error: dtype float64 is not supported "
-                             "(float32, int64, int32, uint8, bool)",
+        "err_str_init.onnx": "initializer 'w': error: dtype string is not supported "
+                             "(numeric and bool tensors only)",
         "err_domain.onnx": "error: opset 1 of domain 'com.example' is not supported "
                            "(autodist supports the default domain 'ai.onnx' only)",
         "err_no_graph.onnx": "error: not a valid ONNX model (no graph)",

@@ -34,6 +34,13 @@ static const char gen_script[] =
     "np.save(d + '/i4.npy', np.array([[-3, 7], [2**31 - 1, -2**31]], dtype=np.int32))\n"
     "np.save(d + '/i8.npy', np.array([2**40, -5, 0], dtype=np.int64))\n"
     "np.save(d + '/u1.npy', np.array([0, 200, 255], dtype=np.uint8))\n"
+    "np.save(d + '/f2.npy', np.array([1.5, -2, 65504], dtype=np.float16))\n"
+    "np.save(d + '/i1.npy', np.array([-128, 5, 127], dtype=np.int8))\n"
+    "np.save(d + '/i2.npy', np.array([-32768, 5, 32767], dtype=np.int16))\n"
+    "np.save(d + '/u2.npy', np.array([0, 16256, 65535], dtype=np.uint16))\n"
+    "np.save(d + '/u4.npy', np.array([0, 7, 2**32 - 1], dtype=np.uint32))\n"
+    "np.save(d + '/u8.npy', np.array([0, 7, 2**64 - 1], dtype=np.uint64))\n"
+    "np.save(d + '/big.npy', np.array([2**31], dtype=np.int64))\n"
     "np.save(d + '/b1.npy', np.array([True, False, True]))\n"
     "np.save(d + '/scalar.npy', np.float32(3.5))\n"
     "np.save(d + '/empty.npy', np.zeros((0, 3), np.float32))\n"
@@ -75,18 +82,60 @@ static void test_read_numpy_files(void) {
     CHECK(((float *)a.data)[i] == i * 0.5f - 1);
   ad_npy_free(&a);
 
+  /* Files load with their dtype; ad_npy_fit converts what a float32 or
+   * int64 tensor accepts. */
   CHECK(ad_npy_load(at("f8.npy"), &a) == AD_OK);
-  CHECK(!strcmp(a.dtype, "float32") && a.rank == 2 && a.numel == 6);
+  CHECK(!strcmp(a.dtype, "float64") && a.rank == 2 && a.numel == 6);
+  for (int i = 0; i < 6 && a.data; i++)
+    CHECK(((double *)a.data)[i] == i * 0.5 - 0.75);
+  CHECK(ad_npy_fit("f8.npy", &a, "float32") == AD_OK && !strcmp(a.dtype, "float32"));
   for (int i = 0; i < 6 && a.data; i++)
     CHECK(((float *)a.data)[i] == i * 0.5f - 0.75f);
   ad_npy_free(&a);
 
   CHECK(ad_npy_load(at("i4.npy"), &a) == AD_OK);
-  CHECK(!strcmp(a.dtype, "int64") && a.rank == 2 && a.numel == 4);
+  CHECK(!strcmp(a.dtype, "int32") && a.rank == 2 && a.numel == 4);
+  CHECK(ad_npy_fit("i4.npy", &a, "int64") == AD_OK && !strcmp(a.dtype, "int64"));
   if (a.data) {
     int64_t *v = a.data;
     CHECK(v[0] == -3 && v[1] == 7 && v[2] == 2147483647 && v[3] == -2147483648LL);
   }
+  CHECK(ad_npy_fit("i4.npy", &a, "int32") == AD_OK && !strcmp(a.dtype, "int32"));
+  if (a.data)
+    CHECK(((int32_t *)a.data)[3] == INT32_MIN);
+  CHECK(ad_npy_fit("i4.npy", &a, "uint8") == AD_OK && !strcmp(a.dtype, "int32")); /* no match */
+  ad_npy_free(&a);
+
+  CHECK(ad_npy_load(at("big.npy"), &a) == AD_OK);
+  CHECK(ad_npy_fit("big.npy", &a, "int32") == AD_ERR_INPUT);
+  CHECK(!strcmp(ad_error_message(),
+                "big.npy: error: element 0 (2147483648) does not fit the int32 input"));
+  ad_npy_free(&a);
+
+  CHECK(ad_npy_load(at("f2.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "float16") && a.numel == 3);
+  if (a.data) /* 1.5, -2, 65504 in binary16 */
+    CHECK(((uint16_t *)a.data)[0] == 0x3e00 && ((uint16_t *)a.data)[1] == 0xc000 &&
+          ((uint16_t *)a.data)[2] == 0x7bff);
+  ad_npy_free(&a);
+
+  CHECK(ad_npy_load(at("i1.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "int8") && a.data && ((int8_t *)a.data)[0] == -128);
+  ad_npy_free(&a);
+  CHECK(ad_npy_load(at("i2.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "int16") && a.data && ((int16_t *)a.data)[2] == 32767);
+  ad_npy_free(&a);
+  CHECK(ad_npy_load(at("u4.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "uint32") && a.data && ((uint32_t *)a.data)[2] == UINT32_MAX);
+  ad_npy_free(&a);
+  CHECK(ad_npy_load(at("u8.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "uint64") && a.data && ((uint64_t *)a.data)[2] == UINT64_MAX);
+  ad_npy_free(&a);
+  /* uint16 bits are a bfloat16 tensor's data (numpy has no bfloat16) */
+  CHECK(ad_npy_load(at("u2.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "uint16") && a.data && ((uint16_t *)a.data)[1] == 16256);
+  CHECK(ad_npy_fit("u2.npy", &a, "bfloat16") == AD_OK && !strcmp(a.dtype, "bfloat16"));
+  CHECK(((uint16_t *)a.data)[1] == 16256);
   ad_npy_free(&a);
 
   CHECK(ad_npy_load(at("i8.npy"), &a) == AD_OK);
@@ -118,6 +167,7 @@ static void test_read_numpy_files(void) {
   ad_npy_free(&a);
 
   CHECK(ad_npy_load(at("r4.npy"), &a) == AD_OK);
+  CHECK(!strcmp(a.dtype, "int64"));
   CHECK(a.rank == 4 && a.dims[3] == 4 && a.numel == 24 && ((int64_t *)a.data)[23] == 23);
   ad_npy_free(&a);
 
@@ -144,8 +194,8 @@ static void test_errors(void) {
   expect_error("fortran.npy",
                "error: Fortran-ordered arrays are not supported (save a C-ordered copy)");
   expect_error("be.npy", "error: big-endian dtype '>f4' is not supported (save it little-endian)");
-  expect_error("c8.npy", "error: dtype '<c8' is not supported (float32, float64, int32, int64, "
-                         "uint8, bool)");
+  expect_error("c8.npy", "error: dtype '<c8' is not supported (float16/32/64, int8/16/32/64, "
+                         "uint8/16/32/64, bool)");
   expect_error("trunc_data.npy", "error: truncated data: shape (2, 3) needs 24 bytes, file has 19");
   expect_error("trunc_hdr.npy", "error: truncated .npy header");
   expect_error("bad_magic.npy", "error: not a .npy file (bad magic)");
@@ -187,7 +237,7 @@ static void test_write_matches_numpy(void) {
   CHECK(ad_file_read(at("ref_i4.npy"), &ref, &ref_len) == AD_OK && ref_len == n + 16 &&
         !memcmp(ref, head, n));
   free(ref);
-  CHECK(ad_npy_header(head, sizeof head, "float16", 2, d22, &esize) == 0);
+  CHECK(ad_npy_header(head, sizeof head, "complex64", 2, d22, &esize) == 0);
 
   /* Round trip through our own reader. */
   ad_npy a;
@@ -195,7 +245,18 @@ static void test_write_matches_numpy(void) {
   CHECK(a.rank == 1 && a.numel == 3 && ((int64_t *)a.data)[1] == -2);
   ad_npy_free(&a);
 
-  CHECK(ad_npy_save(at("out_bad.npy"), "float16", 1, d3, f) == AD_ERR_INPUT);
+  CHECK(ad_npy_save(at("out_bad.npy"), "complex64", 1, d3, f) == AD_ERR_INPUT);
+
+  /* The new dtypes as numpy writes them. */
+  uint16_t h[3] = {0x3e00, 0xc000, 0x7bff};
+  CHECK(ad_npy_save(at("out_f2.npy"), "float16", 1, d3, h) == AD_OK);
+  CHECK(same_file(at("out_f2.npy"), at("f2.npy")));
+  uint64_t u8[3] = {0, 7, UINT64_MAX};
+  CHECK(ad_npy_save(at("out_u8.npy"), "uint64", 1, d3, u8) == AD_OK);
+  CHECK(same_file(at("out_u8.npy"), at("u8.npy")));
+  uint16_t bf[3] = {0, 16256, 65535};
+  CHECK(ad_npy_save(at("out_bf.npy"), "bfloat16", 1, d3, bf) == AD_OK);
+  CHECK(same_file(at("out_bf.npy"), at("u2.npy")));
 }
 
 /* NumPy reads what the writer wrote. */

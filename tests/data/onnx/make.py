@@ -16,7 +16,7 @@ files are reproducible and the tests can recompute every expected number.
   err_convt.onnx    a ConvTranspose node named 'conv3' (not supported)
   err_truncated.onnx  the first 60 bytes of mlp.onnx
   err_dyn_axis.onnx an input whose axis 1 is dynamic
-  err_f64_init.onnx a float64 initializer 'w'
+  err_str_init.onnx  a string initializer 'w'
   err_domain.onnx   a node of domain com.example (opset 1)
   err_no_graph.onnx a ModelProto without a graph
   err_undefined.onnx a node reading a value nobody defines
@@ -111,9 +111,9 @@ def main():
 
     xi = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
     yo = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
-    w64 = numpy_helper.from_array(np.ones(2, np.float64), "w")
+    wstr = helper.make_tensor("w", TensorProto.STRING, [2], [b"a", b"b"])
     add = helper.make_node("Add", ["x", "w"], ["y"], name="add")
-    save(model(helper.make_graph([add], "g", [xi], [yo], [w64])), "err_f64_init.onnx")
+    save(model(helper.make_graph([add], "g", [xi], [yo], [wstr])), "err_str_init.onnx")
 
     custom = helper.make_node("Fancy", ["x"], ["y"], name="fancy", domain="com.example")
     save(model(helper.make_graph([custom], "g", [xi], [yo]), extra_opsets=[("com.example", 1)]),
