@@ -651,8 +651,8 @@ static ad_status emit_nodes(ad_cg *cg, fusion *f) {
       emit_reduce(cg, n);
       break;
     case AD_LOWER_ALIAS:
-      /* Only out[0] is a view of in[0]; a second output (Dropout's mask)
-       * has no bytes of its own and must not be read. */
+      /* Only out[0] is a view of in[0]; an alias has no second output that
+       * is read (a Dropout whose mask is used is not an alias: ops/random.c). */
       for (int i = 1; i < n->n_out; i++)
         if (n->out[i]->n_uses > 0)
           return ad_fail(AD_ERR_INPUT, "%s: error: output '%s' is used, which is not supported",

@@ -80,11 +80,15 @@ extern const ad_op ad_ops_index[];
 extern const ad_op ad_ops_reduce[];
 extern const ad_op ad_ops_ps[];
 extern const ad_op ad_ops_norm[];
+extern const ad_op ad_ops_random[];
 
 /* Switches every BatchNormalization of g to training with batch statistics
  * and in-place running-statistics updates (PyTorch's model.train()); called
  * when a training program is built. Errors name the node (ops/norm.c). */
 ad_status ad_norm_prepare_training(ad_graph *g, int replicas);
+/* Gives every Dropout of g that draws masks (training_mode, ratio > 0) a mask
+ * output for its gradient to read; errors name the node (ops/random.c). */
+ad_status ad_dropout_prepare_training(ad_graph *g);
 
 /* ---- autodiff API for grad functions (implemented in autodiff.c) ---- */
 

@@ -66,8 +66,9 @@ static ad_status find_output(ad_graph *g, const ad_train_config *cfg, ad_value *
     for (int i = 0; i < g->outputs.len; i++)
       snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
                g->outputs.data[i]->name);
-    return ad_fail(AD_ERR_INPUT, "%s:%d:%d: error: output '%s' is not an output of %s (outputs: %s)",
-                   cfg->path, cfg->line_output, cfg->col_output, cfg->output, g->source, names);
+    return ad_fail(AD_ERR_INPUT,
+                   "%s:%d:%d: error: output '%s' is not an output of %s (outputs: %s)", cfg->path,
+                   cfg->line_output, cfg->col_output, cfg->output, g->source, names);
   }
   if (g->outputs.len != 1)
     return ad_fail(AD_ERR_INPUT,
@@ -82,7 +83,8 @@ static ad_status build_loss(ad_program *p, const ad_train_config *cfg, ad_value 
   double B = (double)cfg->batch_size;
   if (cfg->loss == AD_LOSS_OUTPUT) {
     if (y->dtype != AD_F32 || ad_value_numel(y) != 1)
-      return ad_fail(AD_ERR_INPUT, "%s: error: loss 'output' needs a float32 scalar output; '%s' is %s %s",
+      return ad_fail(AD_ERR_INPUT,
+                     "%s: error: loss 'output' needs a float32 scalar output; '%s' is %s %s",
                      cfg->path, y->name, ad_dtype_name(y->dtype), ad_shape_str(y->rank, y->dims));
     ad_attr a = ad_attr_fl("alpha", (float)(1.0 / p->replicas));
     p->loss = add1(g, "Scale", 1, &y, &a, 1);
@@ -90,11 +92,14 @@ static ad_status build_loss(ad_program *p, const ad_train_config *cfg, ad_value 
   }
   const char *label = cfg->label ? cfg->label : "label";
   if (ad_graph_find(g, label))
-    return ad_fail(AD_ERR_INPUT, "%s:%d:%d: error: label '%s' is already a value of %s; choose another name",
+    return ad_fail(AD_ERR_INPUT,
+                   "%s:%d:%d: error: label '%s' is already a value of %s; choose another name",
                    cfg->path, cfg->line_label, cfg->col_label, label, g->source);
   if (y->dtype != AD_F32 || y->rank < 1)
-    return ad_fail(AD_ERR_INPUT, "%s: error: the loss needs a float32 output with a batch dimension; '%s' is %s %s",
-                   cfg->path, y->name, ad_dtype_name(y->dtype), ad_shape_str(y->rank, y->dims));
+    return ad_fail(
+        AD_ERR_INPUT,
+        "%s: error: the loss needs a float32 output with a batch dimension; '%s' is %s %s",
+        cfg->path, y->name, ad_dtype_name(y->dtype), ad_shape_str(y->rank, y->dims));
   if (cfg->loss == AD_LOSS_CROSS_ENTROPY) {
     if (y->rank != 2)
       return ad_fail(AD_ERR_INPUT,
@@ -132,18 +137,18 @@ static int by_order(const void *a, const void *b) {
                               : (x->param->id > y->param->id) - (x->param->id < y->param->id);
 }
 
-ad_status ad_train_build(ad_graph *g, const ad_train_config *cfg, int replicas,
-                         ad_program **out) {
+ad_status ad_train_build(ad_graph *g, const ad_train_config *cfg, int replicas, ad_program **out) {
   for (int i = 0; i < cfg->n_frozen; i++) {
     ad_value *v = ad_graph_find(g, cfg->frozen[i]);
     if (!v || v->kind != AD_VAL_PARAM)
-      return ad_fail(AD_ERR_INPUT, "%s: error: frozen: '%s' is not an initializer of %s",
-                     cfg->path, cfg->frozen[i], g->source);
+      return ad_fail(AD_ERR_INPUT, "%s: error: frozen: '%s' is not an initializer of %s", cfg->path,
+                     cfg->frozen[i], g->source);
     v->frozen = true;
   }
   ad_value *y;
   AD_TRY(find_output(g, cfg, &y));
   AD_TRY(ad_norm_prepare_training(g, replicas));
+  AD_TRY(ad_dropout_prepare_training(g));
   ad_program *p = ad_program_create(g, true);
   p->replicas = replicas;
   p->global_batch = cfg->batch_size;

@@ -1,6 +1,6 @@
 /*
  * runtime/kernels.c: the dense kernels that generated code calls (GEMM, row
- * bias, softmax / log-softmax, cross entropy, transpose, constant pad).
+ * bias, softmax / log-softmax, cross entropy, transpose, pad).
  * Convolution lives in kernels_conv.c, pooling in kernels_pool.c.
  *
  * Design: every kernel follows the ABI of runtime/kernels.h (an int64 parameter
@@ -307,23 +307,31 @@ void ad_k_transpose(const int64_t *p, const float *x, float *y) {
   }
 }
 
-/* ---- constant pad ----
- * Walks the output (fwd) or the input-gradient (bwd) recursively, one axis at
- * a time; a slab that falls entirely in the padding (or the cropped part) is
- * filled at once, and the innermost axis copies its one contiguous run. */
+/* ---- pad ----
+ * Walks the output (fwd) or the input gradient (bwd) recursively, one axis at
+ * a time, elements of esize bytes. Inside the input's range the innermost axis
+ * copies its one contiguous run; a constant pad fills a slab that falls
+ * entirely in the padding at once; edge and reflect padding read each outer
+ * padding row from its source row (clamped or mirrored) and each inner
+ * padding element from its source element. Negative pads crop. */
 
 typedef struct pad_geom {
-  int rank;
+  int rank, mode;
+  size_t es; /* element size, bytes */
   const int64_t *xdims, *pb;
   int64_t ydims[TR_MAX_RANK];
   int64_t xsz[TR_MAX_RANK + 1], ysz[TR_MAX_RANK + 1]; /* elements per slab from axis d on */
+  int64_t value;                                      /* constant: its bytes, low first */
 } pad_geom;
 
 static void pad_geom_init(pad_geom *g, const int64_t *p) {
-  g->rank = (int)p[0];
-  g->xdims = p + 1;
-  g->pb = p + 1 + g->rank;
-  const int64_t *pe = p + 1 + 2 * g->rank;
+  g->es = (size_t)p[0];
+  g->mode = (int)p[1];
+  g->rank = (int)p[2];
+  g->xdims = p + 3;
+  g->pb = p + 3 + g->rank;
+  const int64_t *pe = p + 3 + 2 * g->rank;
+  g->value = p[3 + 3 * g->rank];
   for (int d = 0; d < g->rank; d++) {
     int64_t yd = g->xdims[d] + g->pb[d] + pe[d];
     g->ydims[d] = yd < 0 ? 0 : yd;
@@ -335,13 +343,19 @@ static void pad_geom_init(pad_geom *g, const int64_t *p) {
   }
 }
 
-static void fill(float *y, int64_t n, float v) {
-  if (v == 0.0f && !signbit(v)) {
-    memset(y, 0, (size_t)n * sizeof(float));
+/* n elements of es bytes at y, each the low es bytes of v. */
+static void fill_bytes(char *y, int64_t n, size_t es, int64_t v) {
+  unsigned char b[8];
+  memcpy(b, &v, sizeof b); /* little-endian: the low bytes first */
+  int zero = 1;
+  for (size_t i = 0; i < es; i++)
+    zero &= b[i] == 0;
+  if (zero || es == 1) {
+    memset(y, b[0], (size_t)n * es);
     return;
   }
   for (int64_t i = 0; i < n; i++)
-    y[i] = v;
+    memcpy(y + (size_t)i * es, b, es);
 }
 
 /* Valid range [lo, hi) of output indices i whose source index i - off lies in [0, n). */
@@ -355,40 +369,65 @@ static void shifted_range(int64_t off, int64_t n, int64_t out_n, int64_t *lo, in
   *hi = b;
 }
 
-static void pad_fwd_rec(const pad_geom *g, int d, const float *x, float *y, float v) {
-  int64_t lo, hi;
-  shifted_range(g->pb[d], g->xdims[d], g->ydims[d], &lo, &hi);
-  const int64_t ys = g->ysz[d + 1], xs = g->xsz[d + 1];
-  fill(y, lo * ys, v);
-  if (d == g->rank - 1) {
-    if (hi > lo)
-      memcpy(y + lo, x + (lo - g->pb[d]), (size_t)(hi - lo) * sizeof(float));
-  } else {
-    for (int64_t i = lo; i < hi; i++)
-      pad_fwd_rec(g, d + 1, x + (i - g->pb[d]) * xs, y + i * ys, v);
-  }
-  fill(y + hi * ys, (g->ydims[d] - hi) * ys, v);
+/* The source index of padded index s (outside [0, n)): the nearest edge, or
+ * the mirror image without repeating the edge (period 2 (n - 1), numpy's
+ * 'reflect'). */
+static int64_t pad_source(int mode, int64_t s, int64_t n) {
+  if (mode == AD_K_PAD_EDGE || n == 1)
+    return s < 0 ? 0 : (s >= n ? n - 1 : s);
+  const int64_t period = 2 * (n - 1);
+  int64_t m = s % period;
+  m = m < 0 ? m + period : m;
+  return m < n ? m : period - m;
 }
 
-void ad_k_pad_fwd(const int64_t *p, const float *x, float *y) {
+static void pad_fwd_rec(const pad_geom *g, int d, const char *x, char *y) {
+  int64_t lo, hi;
+  const int64_t n = g->xdims[d], yd = g->ydims[d], pb = g->pb[d];
+  shifted_range(pb, n, yd, &lo, &hi);
+  const size_t es = g->es, ys = (size_t)g->ysz[d + 1] * es, xs = (size_t)g->xsz[d + 1] * es;
+  if (g->mode == AD_K_PAD_CONSTANT) {
+    fill_bytes(y, lo * g->ysz[d + 1], es, g->value);
+    fill_bytes(y + (size_t)hi * ys, (yd - hi) * g->ysz[d + 1], es, g->value);
+  } else {
+    for (int64_t i = 0; i < yd; i++) {
+      if (i >= lo && i < hi)
+        continue;
+      const int64_t s = pad_source(g->mode, i - pb, n);
+      if (d == g->rank - 1)
+        memcpy(y + (size_t)i * es, x + (size_t)s * es, es);
+      else
+        pad_fwd_rec(g, d + 1, x + (size_t)s * xs, y + (size_t)i * ys);
+    }
+  }
+  if (d == g->rank - 1) {
+    if (hi > lo)
+      memcpy(y + (size_t)lo * es, x + (size_t)(lo - pb) * es, (size_t)(hi - lo) * es);
+  } else {
+    for (int64_t i = lo; i < hi; i++)
+      pad_fwd_rec(g, d + 1, x + (size_t)(i - pb) * xs, y + (size_t)i * ys);
+  }
+}
+
+void ad_k_pad_fwd(const int64_t *p, const void *x, void *y) {
   pad_geom g;
   pad_geom_init(&g, p);
-  const float v = ad_k_f32(p[1 + 3 * g.rank]);
   if (g.ysz[0] == 0)
     return;
   if (g.rank == 0) {
-    y[0] = x[0];
+    memcpy(y, x, g.es);
     return;
   }
-  pad_fwd_rec(&g, 0, x, y, v);
+  pad_fwd_rec(&g, 0, x, y);
 }
 
-/* dx[i] = dy[i + pb] where that lies inside dy, else 0 (the cropped part). */
+/* Constant pad: dx[i] = dy[i + pb] where that lies inside dy, else 0 (the
+ * cropped part). */
 static void pad_bwd_rec(const pad_geom *g, int d, const float *dy, float *dx) {
   int64_t lo, hi;
   shifted_range(-g->pb[d], g->ydims[d], g->xdims[d], &lo, &hi);
   const int64_t ys = g->ysz[d + 1], xs = g->xsz[d + 1];
-  fill(dx, lo * xs, 0.0f);
+  memset(dx, 0, (size_t)(lo * xs) * sizeof(float));
   if (d == g->rank - 1) {
     if (hi > lo)
       memcpy(dx + lo, dy + (lo + g->pb[d]), (size_t)(hi - lo) * sizeof(float));
@@ -396,7 +435,20 @@ static void pad_bwd_rec(const pad_geom *g, int d, const float *dy, float *dx) {
     for (int64_t i = lo; i < hi; i++)
       pad_bwd_rec(g, d + 1, dy + (i + g->pb[d]) * ys, dx + i * xs);
   }
-  fill(dx + hi * xs, (g->xdims[d] - hi) * xs, 0.0f);
+  memset(dx + hi * xs, 0, (size_t)((g->xdims[d] - hi) * xs) * sizeof(float));
+}
+
+/* Edge and reflect pads: every dy element adds to the dx element it was read
+ * from (dx zeroed first). */
+static void pad_bwd_scatter_rec(const pad_geom *g, int d, const float *dy, float *dx) {
+  const int64_t n = g->xdims[d], ys = g->ysz[d + 1], xs = g->xsz[d + 1];
+  for (int64_t i = 0; i < g->ydims[d]; i++) {
+    const int64_t s = pad_source(g->mode, i - g->pb[d], n);
+    if (d == g->rank - 1)
+      dx[s] += dy[i];
+    else
+      pad_bwd_scatter_rec(g, d + 1, dy + i * ys, dx + s * xs);
+  }
 }
 
 void ad_k_pad_bwd(const int64_t *p, const float *dy, float *dx) {
@@ -408,5 +460,11 @@ void ad_k_pad_bwd(const int64_t *p, const float *dy, float *dx) {
     dx[0] = dy[0];
     return;
   }
-  pad_bwd_rec(&g, 0, dy, dx);
+  if (g.mode == AD_K_PAD_CONSTANT) {
+    pad_bwd_rec(&g, 0, dy, dx);
+    return;
+  }
+  memset(dx, 0, (size_t)g.xsz[0] * sizeof(float));
+  if (g.ysz[0] > 0)
+    pad_bwd_scatter_rec(&g, 0, dy, dx);
 }

@@ -51,20 +51,26 @@ void ad_k_conv2d_bwd_data(const int64_t *p, const float *dy, const float *w, flo
 void ad_k_conv2d_bwd_weight(const int64_t *p, const float *x, const float *dy, float *dw,
                             float *ws);
 
-/* Pooling parameters: p = {N, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_top, pad_left,
- *                          dil_h, dil_w, count_include_pad}
- * Padding cells are ignored by max pooling. */
-void ad_k_maxpool2d_fwd(const int64_t *p, const float *x, float *y);
+/* Pooling over 1 to 3 spatial axes, always given as 3 (depth, height, width;
+ * a 2-D pool has D = OD = KD = 1, a 1-D pool also H = OH = KH = 1):
+ * p = {N, C, D, H, W, OD, OH, OW, KD, KH, KW, stride[3], pad_begin[3], dil[3],
+ *      count_include_pad, extra, dtype}   (23 slots)
+ * extra: storage_order for maxpool_idx_fwd, the norm's p for lppool_fwd, else 0.
+ * dtype: AD_K_POOL_* of x and y (max pooling forward only; the others are float).
+ * Trailing padding is implied by the output size. Padding cells are ignored by
+ * max pooling. */
+enum { AD_K_POOL_F32 = 0, AD_K_POOL_U8 = 1, AD_K_POOL_I8 = 2 };
+void ad_k_maxpool_fwd(const int64_t *p, const void *x, void *y);
 /* dx = scatter of dy to the argmax of each window (first maximum wins, like
- * PyTorch); overwrites dx. */
-void ad_k_maxpool2d_bwd(const int64_t *p, const float *x, const float *dy, float *dx);
+ * PyTorch); overwrites dx. float only. */
+void ad_k_maxpool_bwd(const int64_t *p, const float *x, const float *dy, float *dx);
 /* Max pooling that also writes the ONNX Indices output (int64 flat offsets into x;
- * p[15] = storage_order: 0 row-major NCHW, 1 column-major spatial cells). */
-void ad_k_maxpool2d_idx_fwd(const int64_t *p, const float *x, float *y, int64_t *idx);
-/* LpPool: p as above plus p[15] = the norm's p (padding counts as zeros). */
-void ad_k_lppool2d_fwd(const int64_t *p, const float *x, float *y);
-void ad_k_avgpool2d_fwd(const int64_t *p, const float *x, float *y);
-void ad_k_avgpool2d_bwd(const int64_t *p, const float *dy, float *dx);
+ * spatial cells column-major when storage_order = extra is 1). */
+void ad_k_maxpool_idx_fwd(const int64_t *p, const void *x, void *y, int64_t *idx);
+/* LpPool (padding counts as zeros). */
+void ad_k_lppool_fwd(const int64_t *p, const float *x, float *y);
+void ad_k_avgpool_fwd(const int64_t *p, const float *x, float *y);
+void ad_k_avgpool_bwd(const int64_t *p, const float *dy, float *dx);
 
 /* Softmax / LogSoftmax along one axis: p = {outer, n, inner} (the tensor viewed
  * as [outer, n, inner], the axis being n). */
@@ -85,10 +91,32 @@ void ad_k_xent_bwd(const int64_t *p, const float *x, const int64_t *label, const
  * y has dims[perm[i]] at axis i. */
 void ad_k_transpose(const int64_t *p, const float *x, float *y);
 
-/* Constant pad: p = {rank, dims[rank]..., pads_begin[rank]..., pads_end[rank]..., value_bits};
- * pads may be negative (crop). pad_bwd crops dy back to x's shape. */
-void ad_k_pad_fwd(const int64_t *p, const float *x, float *y);
+/* Pad of elements of esize bytes:
+ * p = {esize, mode, rank, dims[rank]..., pads_begin[rank]..., pads_end[rank]..., value}
+ * mode: AD_K_PAD_*; value: the constant's bytes in the low esize bytes of the slot.
+ * Pads may be negative (crop). pad_bwd (float32 only, esize 4) is the gradient:
+ * dy cropped back to x's shape (constant), or each dy element added to the x
+ * element it was read from (edge, reflect). */
+enum { AD_K_PAD_CONSTANT = 0, AD_K_PAD_EDGE = 1, AD_K_PAD_REFLECT = 2 };
+void ad_k_pad_fwd(const int64_t *p, const void *x, void *y);
 void ad_k_pad_bwd(const int64_t *p, const float *dy, float *dx);
+
+/* Dropout (runtime/kernels_random.c): p = {numel, elem_size, kind, seed, ratio_bits,
+ * scale_bits, random, mask_elem_size, mask_one} (ratio and scale as the bits of
+ * doubles; kind AD_K_DROPOUT_F32, _F64 or _F16). random = 0: y = x (copied unless
+ * the same buffer) and mask (when not NULL) = mask_elem_size-byte copies of
+ * the little-endian pattern mask_one. random = 1: numpy's legacy generator
+ * seeded with ad_k_dropout_key(seed, *step - 1 (0 when *step is 0), rank of
+ * rt (0 when rt is NULL)) draws u in [0, 1) per element in C order;
+ * keep = u >= ratio; y = keep * x * scale; mask (bool bytes, may be NULL) = keep. */
+enum { AD_K_DROPOUT_F32 = 0, AD_K_DROPOUT_F64 = 1, AD_K_DROPOUT_F16 = 2 };
+void ad_k_dropout(const int64_t *p, const void *x, void *y, void *mask, const int64_t *step,
+                  void *rt);
+/* The MT19937 seed of (seed, 0-based step, worker rank): seed itself for step 0
+ * on rank 0, else the top 32 bits of h, where f is splitmix64's finalizer
+ * (z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27; z *= 0x94d049bb133111eb;
+ * z ^= z >> 31) and h = f(f(f(seed ^ 0x9e3779b97f4a7c15) ^ step) ^ rank). */
+uint32_t ad_k_dropout_key(uint32_t seed, int64_t step, int64_t rank);
 
 /* y[0] += sum of the n contiguous floats at x; p = {n} (kernels_reduce.c). */
 void ad_k_sum_row(const int64_t *p, const float *x, float *y);

@@ -1,7 +1,8 @@
 /*
- * compiler/ops/conv.c: convolution and pooling over NCHW images (and NCW
- * sequences, run as images of height 1), lowered to the runtime's im2col +
- * GEMM convolution and its pooling kernels; plus their internal gradient ops.
+ * compiler/ops/conv.c: convolution over NCHW images (and NCW sequences, run
+ * as images of height 1) and pooling over NCW / NCHW / NCDHW inputs, lowered
+ * to the runtime's im2col + GEMM convolution and its pooling kernels; plus
+ * their internal gradient ops.
  *
  * One geometry function per family reads the ONNX attributes (strides, pads,
  * auto_pad, dilations, group, ceil_mode) and the input shapes, validates them
@@ -22,22 +23,27 @@
 
 #include <string.h>
 
-/* Geometry of a 1-D or 2-D window op, always as 2-D (a 1-D op has H = 1). */
+/* Geometry of a 1-D, 2-D or 3-D window op, always as 3-D (depth, height,
+ * width; the op's spatial axes are the last ones: a 2-D op has D = 1, a 1-D op
+ * also H = 1). Convolution is 1-D or 2-D only. */
 typedef struct geom {
-  int sp;                 /* spatial rank of the ONNX op: 1 or 2 */
+  int sp;                 /* spatial rank of the ONNX op: 1, 2 or 3 */
   int64_t n, c, m, group; /* m: output channels (conv), c for pooling */
-  int64_t in[2], k[2], out[2], s[2], d[2], pb[2], pe[2];
+  int64_t in[3], k[3], out[3], s[3], d[3], pb[3], pe[3];
   int include_pad;
 } geom;
 
+/* x must be N x C x spatial axes: 1 or 2 of them for convolution, up to 3 for
+ * pooling. */
 static ad_status check_image(ad_graph *g, const ad_node *n, const ad_value *x) {
-  if (x->rank == 5)
-    return ad_fail(AD_ERR_INPUT, "%s: error: 3-D %s is not supported (input %s)",
-                   ad_node_where(g, n), strstr(n->op_type, "Conv") ? "convolution" : "pooling",
-                   ad_shape_str(x->rank, x->dims));
-  if (x->rank != 3 && x->rank != 4)
-    return ad_fail(AD_ERR_INPUT, "%s: error: input must be N x C x H x W (or N x C x W), got %s",
+  int conv = strstr(n->op_type, "Conv") != NULL;
+  if (x->rank == 5 && conv)
+    return ad_fail(AD_ERR_INPUT, "%s: error: 3-D convolution is not supported (input %s)",
                    ad_node_where(g, n), ad_shape_str(x->rank, x->dims));
+  if (x->rank != 3 && x->rank != 4 && x->rank != 5)
+    return ad_fail(AD_ERR_INPUT, "%s: error: input must be N x C x W, N x C x H x W%s, got %s",
+                   ad_node_where(g, n), conv ? "" : " or N x C x D x H x W",
+                   ad_shape_str(x->rank, x->dims));
   return AD_OK;
 }
 
@@ -46,13 +52,13 @@ static ad_status check_image(ad_graph *g, const ad_node *n, const ad_value *x) {
 #define MAX_WINDOW_ATTR ((int64_t)1 << 30)
 
 /* Reads an INTS attribute of `len` entries, each in [lo, MAX_WINDOW_ATTR], into
- * out (2-D layout: a 1-D op's value goes to the W slot). Absent: `dflt`
+ * out (3-D layout: the op's values go to the last sp slots). Absent: `dflt`
  * everywhere. */
 static ad_status spatial_ints(ad_graph *g, const ad_node *n, const char *name, int sp, int64_t lo,
                               int64_t dflt, int64_t *out) {
   const int64_t *v;
   int len = ad_attr_ints(n, name, &v);
-  out[0] = out[1] = dflt;
+  out[0] = out[1] = out[2] = dflt;
   if (len < 0)
     return AD_OK;
   if (len != sp)
@@ -63,7 +69,7 @@ static ad_status spatial_ints(ad_graph *g, const ad_node *n, const char *name, i
       return ad_fail(AD_ERR_INPUT, "%s: error: attribute %s %s must be between %lld and %lld",
                      ad_node_where(g, n), name, ad_shape_str(len, v), (long long)lo,
                      (long long)MAX_WINDOW_ATTR);
-    out[2 - sp + i] = v[i];
+    out[3 - sp + i] = v[i];
   }
   return AD_OK;
 }
@@ -77,7 +83,8 @@ static ad_status window_read(ad_graph *g, const ad_node *n, geom *w, int ceil_mo
   const char *auto_pad = ad_attr_str(n, "auto_pad", "NOTSET");
   const int64_t *pads;
   int np = ad_attr_ints(n, "pads", &pads);
-  w->pb[0] = w->pb[1] = w->pe[0] = w->pe[1] = 0;
+  memset(w->pb, 0, sizeof w->pb);
+  memset(w->pe, 0, sizeof w->pe);
   int same = !strcmp(auto_pad, "SAME_UPPER") || !strcmp(auto_pad, "SAME_LOWER");
   if (strcmp(auto_pad, "NOTSET") && strcmp(auto_pad, "VALID") && !same)
     return ad_fail(AD_ERR_INPUT, "%s: error: auto_pad '%s' is not supported", ad_node_where(g, n),
@@ -94,11 +101,11 @@ static ad_status window_read(ad_graph *g, const ad_node *n, geom *w, int ceil_mo
         return ad_fail(AD_ERR_INPUT, "%s: error: pads %s must be between 0 and %lld",
                        ad_node_where(g, n), ad_shape_str(np, pads), (long long)MAX_WINDOW_ATTR);
     for (int i = 0; i < sp; i++) {
-      w->pb[2 - sp + i] = pads[i];
-      w->pe[2 - sp + i] = pads[sp + i];
+      w->pb[3 - sp + i] = pads[i];
+      w->pe[3 - sp + i] = pads[sp + i];
     }
   }
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < 3; i++) {
     int64_t span; /* the dilated window */
     if (__builtin_mul_overflow(w->d[i], w->k[i] - 1, &span) || span > INT64_MAX / 4)
       return ad_fail(AD_ERR_INPUT, "%s: error: the window (%lld with dilation %lld) is too large",
@@ -149,10 +156,11 @@ static ad_status conv_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
   w->c = x->dims[1];
   w->m = wt->dims[0];
   w->group = ad_attr_int(n, "group", 1);
-  w->in[0] = w->sp == 2 ? x->dims[2] : 1;
-  w->in[1] = x->dims[x->rank - 1];
-  w->k[0] = w->sp == 2 ? wt->dims[2] : 1;
-  w->k[1] = wt->dims[wt->rank - 1];
+  w->in[0] = w->k[0] = 1;
+  w->in[1] = w->sp == 2 ? x->dims[2] : 1;
+  w->in[2] = x->dims[x->rank - 1];
+  w->k[1] = w->sp == 2 ? wt->dims[2] : 1;
+  w->k[2] = wt->dims[wt->rank - 1];
   if (w->group < 1 || w->c % w->group || w->m % w->group || wt->dims[1] * w->group != w->c)
     return ad_fail(AD_ERR_INPUT, "%s: error: weight %s does not fit input %s with group=%lld",
                    ad_node_where(g, n), ad_shape_str(wt->rank, wt->dims),
@@ -166,7 +174,7 @@ static ad_status conv_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
 }
 
 /* Pool geometry; GlobalAveragePool (and AvgPoolGrad with global=1) is one
- * window over all spatial cells, flattened to a 1 x S image. */
+ * window over all spatial cells, flattened to a 1 x 1 x S input. */
 static ad_status pool_geom_read(ad_graph *g, const ad_node *n, const ad_value *x, geom *w) {
   memset(w, 0, sizeof *w);
   w->n = x->dims[0];
@@ -181,15 +189,15 @@ static ad_status pool_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
     for (int i = 2; i < x->rank; i++)
       cells *= x->dims[i];
     w->sp = x->rank - 2;
-    w->in[0] = w->k[0] = w->out[0] = w->out[1] = 1;
-    w->in[1] = w->k[1] = cells;
-    w->s[0] = w->s[1] = w->d[0] = w->d[1] = 1;
+    for (int i = 0; i < 3; i++)
+      w->in[i] = w->k[i] = w->out[i] = w->s[i] = w->d[i] = 1;
+    w->in[2] = w->k[2] = cells;
     return AD_OK;
   }
   AD_TRY(check_image(g, n, x));
   w->sp = x->rank - 2;
-  w->in[0] = w->sp == 2 ? x->dims[2] : 1;
-  w->in[1] = x->dims[x->rank - 1];
+  for (int i = 0; i < 3; i++)
+    w->in[i] = i < 3 - w->sp ? 1 : x->dims[2 + i - (3 - w->sp)];
   const int64_t *ks;
   if (ad_attr_ints(n, "kernel_shape", &ks) < 0)
     return ad_fail(AD_ERR_INPUT, "%s: error: attribute kernel_shape is required",
@@ -202,7 +210,7 @@ static ad_status pool_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
     w->include_pad = ad_attr_int(n, "count_include_pad", 0) != 0;
     /* The kernel divides by the full window when padding counts; that is the
      * reference's divisor unless a ceil_mode window reaches past the padding. */
-    for (int i = 0; i < 2 && w->include_pad; i++)
+    for (int i = 0; i < 3 && w->include_pad; i++)
       if ((w->out[i] - 1) * w->s[i] + w->d[i] * (w->k[i] - 1) + 1 > w->in[i] + w->pb[i] + w->pe[i])
         return ad_fail(AD_ERR_INPUT,
                        "%s: error: count_include_pad=1 with ceil_mode windows that extend past "
@@ -214,31 +222,38 @@ static ad_status pool_geom_read(ad_graph *g, const ad_node *n, const ad_value *x
 
 /* {N, C, H, W, M, KH, KW, OH, OW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, group} */
 static void conv_params(const geom *w, int64_t *p) {
-  int64_t q[16] = {w->n,      w->c,    w->in[0], w->in[1], w->m,     w->k[0], w->k[1], w->out[0],
-                   w->out[1], w->s[0], w->s[1],  w->pb[0], w->pb[1], w->d[0], w->d[1], w->group};
+  int64_t q[16] = {w->n,      w->c,    w->in[1], w->in[2], w->m,     w->k[1], w->k[2], w->out[1],
+                   w->out[2], w->s[1], w->s[2],  w->pb[1], w->pb[2], w->d[1], w->d[2], w->group};
   memcpy(p, q, sizeof q);
 }
 
-/* {N, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, cip} */
-static void pool_params(const geom *w, int64_t *p) {
-  int64_t q[15] = {w->n,      w->c,     w->in[0], w->in[1], w->out[0],
-                   w->out[1], w->k[0],  w->k[1],  w->s[0],  w->s[1],
-                   w->pb[0],  w->pb[1], w->d[0],  w->d[1],  w->include_pad};
-  memcpy(p, q, sizeof q);
+/* The pooling kernels' block (runtime/kernels.h): {N, C, in[3], out[3], k[3],
+ * strides[3], pads_begin[3], dilations[3], count_include_pad, extra, dtype}. */
+#define POOL_NP 23
+static void pool_params(const geom *w, int64_t extra, int64_t dtype, int64_t *p) {
+  p[0] = w->n;
+  p[1] = w->c;
+  for (int i = 0; i < 3; i++) {
+    p[2 + i] = w->in[i];
+    p[5 + i] = w->out[i];
+    p[8 + i] = w->k[i];
+    p[11 + i] = w->s[i];
+    p[14 + i] = w->pb[i];
+    p[17 + i] = w->d[i];
+  }
+  p[20] = w->include_pad;
+  p[21] = extra;
+  p[22] = dtype;
 }
 
-/* Output shape N x M x out (x's rank). */
+/* Output shape N x M x out (x's rank and dtype). */
 static void set_out(ad_value *y, const ad_value *x, const geom *w, int64_t channels) {
-  y->dtype = AD_F32;
+  y->dtype = x->dtype;
   y->rank = x->rank;
   y->dims[0] = x->dims[0];
   y->dims[1] = channels;
-  if (x->rank == 4) {
-    y->dims[2] = w->out[0];
-    y->dims[3] = w->out[1];
-  } else {
-    y->dims[2] = w->out[1];
-  }
+  for (int i = 2; i < x->rank; i++)
+    y->dims[i] = w->out[3 - (x->rank - i)];
 }
 
 static int same_dims(const ad_value *a, const ad_value *b) {
@@ -333,8 +348,8 @@ static ad_status grad_conv(ad_grad *gc, const ad_node *n) {
 }
 
 static double conv_flops(const geom *w) {
-  return 2.0 * (double)w->n * (double)w->m * (double)(w->out[0] * w->out[1]) *
-         (double)(w->c / w->group) * (double)(w->k[0] * w->k[1]);
+  return 2.0 * (double)w->n * (double)w->m * (double)(w->out[1] * w->out[2]) *
+         (double)(w->c / w->group) * (double)(w->k[1] * w->k[2]);
 }
 
 static void cost_io(const ad_node *n, double *bytes) {
@@ -405,10 +420,32 @@ static ad_status lower_conv_grad_weight(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-/* ---- MaxPool, AveragePool, GlobalAveragePool ---- */
+/* ---- MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool ---- */
+
+/* The kernels' dtype code of a pool's input: float32 everywhere, and uint8 /
+ * int8 for MaxPool from opset 12 (forward only: integers are not trained). */
+static ad_status pool_dtype(ad_graph *g, const ad_node *n, int64_t *code) {
+  ad_value *x = n->in[0];
+  *code = AD_K_POOL_F32;
+  if (!strcmp(n->op_type, "MaxPool") && g->opset >= 12 &&
+      (x->dtype == AD_U8 || x->dtype == AD_I8)) {
+    *code = x->dtype == AD_U8 ? AD_K_POOL_U8 : AD_K_POOL_I8;
+    return AD_OK;
+  }
+  if (x->dtype != AD_F32)
+    return ad_fail(AD_ERR_INPUT, "%s: error: input 0 ('%s') is %s; only float32%s is supported",
+                   ad_node_where(g, n), x->name, ad_dtype_name(x->dtype),
+                   !strcmp(n->op_type, "MaxPool") && g->opset >= 12 ? ", uint8 and int8" : "");
+  return AD_OK;
+}
 
 static ad_status infer_pool(ad_graph *g, ad_node *n) {
-  AD_TRY(ad_infer_need_f32(g, n, 0));
+  int64_t code;
+  AD_TRY(pool_dtype(g, n, &code));
+  int64_t order = ad_attr_int(n, "storage_order", 0);
+  if (order != 0 && order != 1)
+    return ad_fail(AD_ERR_INPUT, "%s: error: storage_order must be 0 or 1, got %lld",
+                   ad_node_where(g, n), (long long)order);
   geom w;
   AD_TRY(pool_geom_read(g, n, n->in[0], &w));
   set_out(n->out[0], n->in[0], &w, w.c);
@@ -424,28 +461,35 @@ static ad_status infer_pool(ad_graph *g, ad_node *n) {
 
 static ad_status lower_pool(ad_cg *cg, const ad_node *n) {
   geom w;
-  AD_TRY(pool_geom_read(ad_cg_graph(cg), n, n->in[0], &w));
-  int64_t p[16];
-  pool_params(&w, p);
+  ad_graph *g = ad_cg_graph(cg);
+  int64_t code;
+  AD_TRY(pool_dtype(g, n, &code));
+  AD_TRY(pool_geom_read(g, n, n->in[0], &w));
+  int64_t p[POOL_NP];
   LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0]),
                           n->n_out > 1 ? ad_cg_ptr(cg, n->out[1]) : NULL};
   if (n->n_out > 1) {
-    p[15] = ad_attr_int(n, "storage_order", 0);
-    ad_cg_call_kernel(cg, "ad_k_maxpool2d_idx_fwd", p, 16, ptrs, 3);
+    pool_params(&w, ad_attr_int(n, "storage_order", 0), code, p);
+    ad_cg_call_kernel(cg, "ad_k_maxpool_idx_fwd", p, POOL_NP, ptrs, 3);
   } else if (!strcmp(n->op_type, "LpPool")) {
-    p[15] = ad_attr_int(n, "p", 2);
-    ad_cg_call_kernel(cg, "ad_k_lppool2d_fwd", p, 16, ptrs, 2);
+    pool_params(&w, ad_attr_int(n, "p", 2), code, p);
+    ad_cg_call_kernel(cg, "ad_k_lppool_fwd", p, POOL_NP, ptrs, 2);
   } else {
     int max = strstr(n->op_type, "MaxPool") != NULL;
-    ad_cg_call_kernel(cg, max ? "ad_k_maxpool2d_fwd" : "ad_k_avgpool2d_fwd", p, 15, ptrs, 2);
+    pool_params(&w, 0, code, p);
+    ad_cg_call_kernel(cg, max ? "ad_k_maxpool_fwd" : "ad_k_avgpool_fwd", p, POOL_NP, ptrs, 2);
   }
   return AD_OK;
 }
 
 /* MaxPoolGrad(x, dy) recomputes the argmax from x; AvgPoolGrad(dy, x) needs
- * x only for its shape. Both copy the forward attributes. */
+ * x only for its shape. Both copy the forward attributes. (An integer x, which
+ * only MaxPool takes, is never trained: no gradient wanted.) */
 static ad_status grad_pool(ad_grad *gc, const ad_node *n) {
   ad_value *x = n->in[0], *dy = ad_grad_out(gc, n, 0);
+  if (!ad_grad_wants(gc, x))
+    return AD_OK;
+  AD_ASSERT(x->dtype == AD_F32);
   if (n->n_out > 1 && ad_grad_out(gc, n, 1))
     return ad_fail(AD_ERR_INPUT, "%s: error: no gradient through Indices",
                    ad_node_where(ad_grad_graph(gc), n));
@@ -501,14 +545,14 @@ static ad_status lower_pool_grad(ad_cg *cg, const ad_node *n) {
   pool_grad_inputs(n, &x, &dy);
   geom w;
   AD_TRY(pool_geom_read(ad_cg_graph(cg), n, x, &w));
-  int64_t p[15];
-  pool_params(&w, p);
+  int64_t p[POOL_NP];
+  pool_params(&w, 0, AD_K_POOL_F32, p);
   if (!strcmp(n->op_type, "MaxPoolGrad")) {
     LLVMValueRef ptrs[3] = {ad_cg_ptr(cg, x), ad_cg_ptr(cg, dy), ad_cg_ptr(cg, n->out[0])};
-    ad_cg_call_kernel(cg, "ad_k_maxpool2d_bwd", p, 15, ptrs, 3);
+    ad_cg_call_kernel(cg, "ad_k_maxpool_bwd", p, POOL_NP, ptrs, 3);
   } else {
     LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, dy), ad_cg_ptr(cg, n->out[0])};
-    ad_cg_call_kernel(cg, "ad_k_avgpool2d_bwd", p, 15, ptrs, 2);
+    ad_cg_call_kernel(cg, "ad_k_avgpool_bwd", p, POOL_NP, ptrs, 2);
   }
   return AD_OK;
 }
@@ -521,7 +565,8 @@ static void cost_pool(const ad_node *n, double *flops, double *bytes) {
   ad_graph dummy = {.source = ""};
   *flops = 0;
   if (pool_geom_read(&dummy, n, x, &w) == AD_OK)
-    *flops = (double)(w.n * w.c) * (double)(w.out[0] * w.out[1]) * (double)(w.k[0] * w.k[1]);
+    *flops = (double)(w.n * w.c) * (double)(w.out[0] * w.out[1] * w.out[2]) *
+             (double)(w.k[0] * w.k[1] * w.k[2]);
   cost_io(n, bytes);
 }
 

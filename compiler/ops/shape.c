@@ -1,6 +1,6 @@
 /*
  * compiler/ops/shape.c: ops that move or view data without arithmetic:
- * Flatten, Reshape, Identity, Dropout, Squeeze and Unsqueeze (ALIAS: the
+ * Flatten, Reshape, Identity, Squeeze and Unsqueeze (ALIAS: the
  * output is the input's bytes under another shape, no code); Transpose, Pad,
  * Concat, Slice, Split, Expand, Tile, DepthToSpace, SpaceToDepth, Trilu,
  * ConstantOfShape, Range and EyeLike (CALL: runtime kernels); Shape and Size
@@ -192,47 +192,10 @@ static ad_status refuse_batch_axis(ad_graph *g, const ad_node *n, const ad_value
   return AD_OK;
 }
 
-/* ---- Identity, Dropout ---- */
+/* ---- Identity ---- */
 
 static ad_status infer_identity(ad_graph *g, ad_node *n) {
   return ad_infer_same(g, n);
-}
-
-/* Dropout is the identity at inference (training_mode false or absent), and
- * in training mode with ratio 0 (how PyTorch exports nn.Dropout(p=0) with
- * TrainingMode.TRAINING); random masks are not supported. The optional mask
- * output is then all true; it may be declared but not read (codegen checks). */
-static ad_status infer_dropout(ad_graph *g, ad_node *n) {
-  if (n->n_in > 2 && n->in[2]) {
-    ad_value *t = n->in[2];
-    if (t->kind != AD_VAL_CONST || !t->data || t->dtype != AD_BOOL || ad_value_numel(t) != 1)
-      return ad_fail(AD_ERR_INPUT,
-                     "%s: error: training_mode input '%s' must be a constant boolean scalar",
-                     ad_node_where(g, n), t->name);
-    if (*(const uint8_t *)t->data) {
-      ad_value *r = n->n_in > 1 ? n->in[1] : NULL;
-      float ratio = 0.5f; /* the ONNX default */
-      if (r &&
-          (r->kind != AD_VAL_CONST || !r->data || r->dtype != AD_F32 || ad_value_numel(r) != 1))
-        return ad_fail(AD_ERR_INPUT, "%s: error: ratio input '%s' must be a constant float scalar",
-                       ad_node_where(g, n), r->name);
-      if (r)
-        ratio = *(const float *)r->data;
-      if (ratio != 0.0f)
-        return ad_fail(AD_ERR_INPUT,
-                       "%s: error: training_mode=true with ratio %g draws random masks, which is "
-                       "not supported (export with dropout p=0, or in eval mode)",
-                       ad_node_where(g, n), (double)ratio);
-    }
-  }
-  AD_TRY(ad_infer_same(g, n));
-  if (n->n_out > 1 && n->out[1]) {
-    ad_value *m = n->out[1];
-    m->dtype = g->opset < 10 ? n->in[0]->dtype : AD_BOOL; /* Dropout-7: T; 10+: bool */
-    m->rank = n->in[0]->rank;
-    memcpy(m->dims, n->in[0]->dims, sizeof(int64_t) * (size_t)m->rank);
-  }
-  return AD_OK;
 }
 
 /* ---- Flatten ---- */
@@ -382,21 +345,61 @@ static ad_status lower_transpose(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-/* ---- Pad (opset 11+: pads, constant_value and axes are inputs; 2-10: attributes) ---- */
+/* ---- Pad (opset 11+: pads, constant_value and axes are inputs; 2-10: attributes) ----
+ * Modes constant, edge and reflect, any dtype the opset allows (the kernel
+ * moves bytes; the constant is x's dtype). Gradients (float32): the constant
+ * pad's crops dy, edge and reflect add each dy element to its source. */
 
 typedef struct pad_spec {
-  int rank;
+  int rank, mode; /* mode: AD_K_PAD_* */
   int64_t begin[AD_MAX_RANK], end[AD_MAX_RANK];
-  float value;
+  int64_t value; /* the constant's bytes (x's dtype), low first */
 } pad_spec;
+
+/* Whether Pad at the graph's opset takes dtype t: Pad-2 float16/32/64,
+ * Pad-11 also the integer types, Pad-13 also bfloat16 and bool. */
+static int pad_dtype_ok(int opset, ad_dtype t) {
+  if (t == AD_F32 || t == AD_F64 || t == AD_F16)
+    return 1;
+  if (opset < 11)
+    return 0;
+  if (t == AD_BF16 || t == AD_BOOL)
+    return opset >= 13;
+  return 1; /* the integer types */
+}
+
+/* Pad-2's float attribute `value` as the bytes of dtype t (a float type). */
+static int64_t pad_attr_value(ad_dtype t, float v) {
+  int64_t slot = 0;
+  if (t == AD_F64) {
+    double d = v;
+    memcpy(&slot, &d, sizeof d);
+  } else if (t == AD_F16) {
+    _Float16 h = (_Float16)v;
+    memcpy(&slot, &h, sizeof h);
+  } else {
+    memcpy(&slot, &v, sizeof v);
+  }
+  return slot;
+}
 
 /* Reads and validates the pads of a Pad node into full-rank begin/end arrays. */
 static ad_status pad_read(ad_graph *g, const ad_node *n, pad_spec *ps) {
   ad_value *x = n->in[0];
   const char *mode = ad_attr_str(n, "mode", "constant");
-  if (strcmp(mode, "constant"))
-    return ad_fail(AD_ERR_INPUT, "%s: error: mode '%s' is not supported (only 'constant')",
+  if (!strcmp(mode, "constant"))
+    ps->mode = AD_K_PAD_CONSTANT;
+  else if (!strcmp(mode, "edge"))
+    ps->mode = AD_K_PAD_EDGE;
+  else if (!strcmp(mode, "reflect"))
+    ps->mode = AD_K_PAD_REFLECT;
+  else
+    return ad_fail(AD_ERR_INPUT,
+                   "%s: error: mode '%s' is not supported (only constant, edge and reflect)",
                    ad_node_where(g, n), mode);
+  if (!pad_dtype_ok(g->opset, x->dtype))
+    return ad_fail(AD_ERR_INPUT, "%s: error: input 0 ('%s') is %s, which Pad-%d does not take",
+                   ad_node_where(g, n), x->name, ad_dtype_name(x->dtype), g->opset);
   int r = x->rank;
   int64_t axes[AD_MAX_RANK];
   int n_axes = r;
@@ -439,14 +442,19 @@ static ad_status pad_read(ad_graph *g, const ad_node *n, pad_spec *ps) {
     ps->begin[axes[i]] = pads[i];
     ps->end[axes[i]] = pads[n_axes + i];
   }
-  ps->value = attrs ? ad_attr_float(n, "value", 0) : 0;
+  /* Edge and reflect read the input's cells: a padded axis must have some. */
+  for (int i = 0; i < r && ps->mode != AD_K_PAD_CONSTANT; i++)
+    if (x->dims[i] == 0 && (ps->begin[i] > 0 || ps->end[i] > 0))
+      return ad_fail(AD_ERR_INPUT, "%s: error: mode '%s' cannot pad the empty axis %d",
+                     ad_node_where(g, n), mode, i);
+  ps->value = attrs ? pad_attr_value(x->dtype, ad_attr_float(n, "value", 0)) : 0;
   if (n->n_in > 2 && n->in[2]) {
     ad_value *v = n->in[2];
-    if (v->kind != AD_VAL_CONST || !v->data || v->dtype != AD_F32 || ad_value_numel(v) != 1)
+    if (v->kind != AD_VAL_CONST || !v->data || v->dtype != x->dtype || ad_value_numel(v) != 1)
       return ad_fail(AD_ERR_INPUT,
-                     "%s: error: constant_value input '%s' must be a constant float32 scalar",
-                     ad_node_where(g, n), v->name);
-    ps->value = *(const float *)v->data;
+                     "%s: error: constant_value input '%s' must be a constant %s scalar",
+                     ad_node_where(g, n), v->name, ad_dtype_name(x->dtype));
+    memcpy(&ps->value, v->data, ad_dtype_size(x->dtype));
   }
   return AD_OK;
 }
@@ -454,7 +462,7 @@ static ad_status pad_read(ad_graph *g, const ad_node *n, pad_spec *ps) {
 /* Output extents of x padded by ps; an empty or negative extent is an error. */
 static ad_status pad_out_dims(ad_graph *g, const ad_node *n, const ad_value *x, const pad_spec *ps,
                               ad_value *y, int sign) {
-  y->dtype = AD_F32;
+  y->dtype = x->dtype;
   y->rank = x->rank;
   for (int i = 0; i < x->rank; i++) {
     int64_t total;
@@ -471,15 +479,17 @@ static ad_status pad_out_dims(ad_graph *g, const ad_node *n, const ad_value *x, 
 }
 
 static ad_status infer_pad(ad_graph *g, ad_node *n) {
-  AD_TRY(ad_infer_need_f32(g, n, 0));
   pad_spec ps;
   AD_TRY(pad_read(g, n, &ps));
   return pad_out_dims(g, n, n->in[0], &ps, n->out[0], 1);
 }
 
-/* The kernels' parameter block: {rank, dims (of the unpadded x), begin, end, value}. */
+/* The kernels' parameter block: {esize, mode, rank, dims (of the unpadded x),
+ * begin, end, value}. */
 static int pad_params(const ad_value *x, const pad_spec *ps, int64_t *p) {
   int k = 0, r = x->rank;
+  p[k++] = (int64_t)ad_dtype_size(x->dtype);
+  p[k++] = ps->mode;
   p[k++] = r;
   for (int i = 0; i < r; i++)
     p[k++] = x->dims[i];
@@ -487,14 +497,14 @@ static int pad_params(const ad_value *x, const pad_spec *ps, int64_t *p) {
     p[k++] = ps->begin[i];
   for (int i = 0; i < r; i++)
     p[k++] = ps->end[i];
-  p[k++] = ad_k_slot(ps->value);
+  p[k++] = ps->value;
   return k;
 }
 
 /* Calls the pad kernel `kernel` from in[0] to out[0]; x is the unpadded side. */
 static void call_pad(ad_cg *cg, const ad_node *n, const ad_value *x, const pad_spec *ps,
                      const char *kernel) {
-  int64_t p[2 + 3 * AD_MAX_RANK];
+  int64_t p[4 + 3 * AD_MAX_RANK];
   int k = pad_params(x, ps, p);
   LLVMValueRef ptrs[2] = {ad_cg_ptr(cg, n->in[0]), ad_cg_ptr(cg, n->out[0])};
   ad_cg_call_kernel(cg, kernel, p, k, ptrs, 2);
@@ -507,19 +517,22 @@ static ad_status lower_pad(ad_cg *cg, const ad_node *n) {
   return AD_OK;
 }
 
-/* d(x) is dy cropped by the pads: PadGrad(dy) carrying the full pads as
- * attribute "pads" = begin..., end... (the forward Pad's, normalized). */
+/* d(x): PadGrad(dy) carrying the full pads as attribute "pads" = begin...,
+ * end... (the forward Pad's, normalized) and the mode as "pad_mode". */
 static ad_status grad_pad(ad_grad *gc, const ad_node *n) {
+  if (!ad_grad_wants(gc, n->in[0]))
+    return AD_OK;
   pad_spec ps;
   AD_TRY(pad_read(ad_grad_graph(gc), n, &ps));
+  AD_ASSERT(n->in[0]->dtype == AD_F32);
   int64_t pads[2 * AD_MAX_RANK];
   for (int i = 0; i < ps.rank; i++) {
     pads[i] = ps.begin[i];
     pads[ps.rank + i] = ps.end[i];
   }
   ad_value *dy = ad_grad_out(gc, n, 0);
-  ad_attr a = ad_attr_is("pads", 2 * ps.rank, pads);
-  ad_grad_acc(gc, n->in[0], ad_grad_emit(gc, "PadGrad", 1, &dy, &a, 1));
+  ad_attr a[2] = {ad_attr_is("pads", 2 * ps.rank, pads), ad_attr_i("pad_mode", ps.mode)};
+  ad_grad_acc(gc, n->in[0], ad_grad_emit(gc, "PadGrad", 1, &dy, a, 2));
   return AD_OK;
 }
 
@@ -531,6 +544,7 @@ static ad_status pad_grad_spec(ad_graph *g, const ad_node *n, pad_spec *ps) {
     return ad_fail(AD_ERR_INPUT, "%s: error: attribute pads must have %d entries",
                    ad_node_where(g, n), 2 * r);
   ps->rank = r;
+  ps->mode = (int)ad_attr_int(n, "pad_mode", AD_K_PAD_CONSTANT);
   ps->value = 0;
   for (int i = 0; i < r; i++) {
     ps->begin[i] = pads[i];
@@ -1363,7 +1377,6 @@ const ad_op ad_ops_shape[] = {
     VIEW("Flatten", 1, 1, 1, 1, infer_flatten, grad_view),
     VIEW("Reshape", 5, 2, 2, 1, infer_reshape, grad_view),
     VIEW("Identity", 1, 1, 1, 1, infer_identity, grad_identity),
-    VIEW("Dropout", 7, 1, 3, 2, infer_dropout, grad_identity),
     {.name = "Transpose",
      .domain = "",
      .min_opset = 1,

@@ -124,8 +124,8 @@ def torchvision_model(name):
   scratch. Without it the float32 backward pass of these deep batch-norm nets
   loses about 2% of the gradient to cancellation at initialization (PyTorch
   float32 against float64), and runs of any float32 code part within steps.
-  mobilenet_v2's classifier dropout is 0 (autodist trains Dropout only with
-  p = 0)."""
+  mobilenet_v2's classifier dropout is 0 (with p > 0 autodist draws its own
+  masks, which PyTorch's cannot match)."""
   import torchvision
   if name.startswith("resnet"):
     return getattr(torchvision.models, name)(num_classes=10, zero_init_residual=True)

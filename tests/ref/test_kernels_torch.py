@@ -5,8 +5,8 @@ object in a temporary directory and loaded with ctypes; each kernel is then
 compared with the PyTorch function it stands for (forward values, and gradients
 through autograd) on random inputs, rtol 1e-4:
   conv2d fwd / bwd_data / bwd_weight   F.conv2d (asymmetric padding via F.pad)
-  maxpool2d fwd / bwd                  F.max_pool2d (padding, dilation, ceil_mode, ties)
-  avgpool2d fwd / bwd                  F.avg_pool2d (count_include_pad both ways)
+  maxpool fwd / bwd (2-D, 3-D)         F.max_pool2d/3d (padding, dilation, ceil_mode, ties)
+  avgpool fwd / bwd (2-D, 3-D)         F.avg_pool2d/3d (count_include_pad both ways)
   softmax / log_softmax fwd / bwd      torch.softmax / torch.log_softmax on any axis
   xent fwd / bwd                       F.cross_entropy(reduction='sum') * scale
 The source dir is $AD_SRC (set by ctest) or the repo root above this file.
@@ -35,8 +35,10 @@ failures = 0
 
 
 def build(tmp):
+    # kernels_random.c (Dropout's masks, checked by test_dropout.py) asks the
+    # communication layer for the worker's rank: it does not link alone.
     srcs = sorted(os.path.join(SRC, "runtime", f) for f in os.listdir(os.path.join(SRC, "runtime"))
-                  if f.startswith("kernels") and f.endswith(".c"))
+                  if f.startswith("kernels") and f.endswith(".c") and f != "kernels_random.c")
     so = os.path.join(tmp, "libadkernels.so")
     cmd = ["gcc", "-O2", "-std=gnu11", "-shared", "-fPIC", "-o", so, *srcs, "-I" + SRC,
            "-I/usr/include/x86_64-linux-gnu/openblas-pthread", "-lopenblas", "-lm"]
@@ -143,57 +145,69 @@ def has_empty_window(n, k, s, pad, d, ceil):
     return any(all(not 0 <= o * s - pad + j * d < n for j in range(k)) for o in range(out))
 
 
+def pool_params(n, c, dims, out, k, s, pad, d, inc):
+    """The pooling kernels' block (runtime/kernels.h) for 2 or 3 spatial axes."""
+    def three(v, one):
+        return [one] * (3 - len(v)) + list(v)
+    return params([n, c, *three(dims, 1), *three(out, 1), *three(k, 1), *three(s, 1),
+                   *three(pad, 0), *three(d, 1), inc, 0, 0])
+
+
 def test_pool(lib, rng):
-    for i in range(80):
+    for i in range(200):
+        sp = 2 if i < 80 else 3
         n, c = int(rng.integers(1, 3)), int(rng.integers(1, 4))
-        k = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        pad = (int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1)))
+        k = tuple(int(rng.integers(1, 4)) for _ in range(sp))
+        s = tuple(int(rng.integers(1, 4)) for _ in range(sp))
+        d = tuple(int(rng.integers(1, 3)) for _ in range(sp))
+        pad = tuple(int(rng.integers(0, k[j] // 2 + 1)) for j in range(sp))
         ceil = bool(rng.integers(0, 2))
         if i < 8:
             k, s, d, pad, ceil = (2, 2), (2, 2), (1, 1), (0, 0), False
-        h, w = int(rng.integers(1, 11)), int(rng.integers(1, 11))
-        if h + 2 * pad[0] < d[0] * (k[0] - 1) + 1 or w + 2 * pad[1] < d[1] * (k[1] - 1) + 1:
+        if sp == 3 and i % 2:  # undilated, so that avg_pool3d compares too
+            d = (1, 1, 1)
+        dims = tuple(int(rng.integers(1, 11 if sp == 2 else 6)) for _ in range(sp))
+        if any(dims[j] + 2 * pad[j] < d[j] * (k[j] - 1) + 1 for j in range(sp)):
             continue
-        if has_empty_window(h, k[0], s[0], pad[0], d[0], ceil) or \
-           has_empty_window(w, k[1], s[1], pad[1], d[1], ceil):
+        if any(has_empty_window(dims[j], k[j], s[j], pad[j], d[j], ceil) for j in range(sp)):
             continue
         # Few distinct values: ties are common, and the first maximum must win.
-        x = (rng.integers(-3, 4, (n, c, h, w)) * 0.5).astype(np.float32)
+        x = (rng.integers(-3, 4, (n, c, *dims)) * 0.5).astype(np.float32)
         desc = f"x{x.shape} k{k} s{s} p{pad} d{d} ceil{ceil}"
         xt = t(x, True)
-        yt = F.max_pool2d(xt, k, s, pad, d, ceil_mode=ceil)
-        oh, ow = yt.shape[2], yt.shape[3]
+        max_pool = F.max_pool2d if sp == 2 else F.max_pool3d
+        avg_pool = F.avg_pool2d if sp == 2 else F.avg_pool3d
+        yt = max_pool(xt, k, s, pad, d, ceil_mode=ceil)
+        out = tuple(yt.shape[2:])
         dy = rng.standard_normal(yt.shape).astype(np.float32)
         (dxt,) = torch.autograd.grad(yt, xt, t(dy))
         y = np.full(yt.shape, np.nan, dtype=np.float32)
         dx = np.full(x.shape, np.nan, dtype=np.float32)
         for inc in (0, 1):
-            p = params([n, c, h, w, oh, ow, k[0], k[1], s[0], s[1], pad[0], pad[1], d[0], d[1],
-                        inc])
-            call(lib, "ad_k_maxpool2d_fwd", p, x, y)
-            check("maxpool2d_fwd", desc, y, yt)
-            call(lib, "ad_k_maxpool2d_bwd", p, x, dy, dx)
-            check("maxpool2d_bwd", desc, dx, dxt)
+            p = pool_params(n, c, dims, out, k, s, pad, d, inc)
+            call(lib, "ad_k_maxpool_fwd", p, x, y)
+            check("maxpool%dd_fwd" % sp, desc, y, yt)
+            call(lib, "ad_k_maxpool_bwd", p, x, dy, dx)
+            check("maxpool%dd_bwd" % sp, desc, dx, dxt)
         # PyTorch's avg pool has no dilation; with count_include_pad its ceil_mode
         # windows are clipped to the padded image, which the kernel's implied
         # padding does not model, so that combination is not compared.
-        if d != (1, 1):
+        # avg_pool3d also refuses an input smaller than the window before padding.
+        if d != (1,) * sp or (sp == 3 and any(dims[j] < k[j] for j in range(sp))):
             continue
         for inc in (0, 1):
             if inc and ceil:
                 continue
-            yt = F.avg_pool2d(xt, k, s, pad, ceil_mode=ceil, count_include_pad=bool(inc))
-            oh, ow = yt.shape[2], yt.shape[3]
+            yt = avg_pool(xt, k, s, pad, ceil_mode=ceil, count_include_pad=bool(inc))
+            out = tuple(yt.shape[2:])
             dy = rng.standard_normal(yt.shape).astype(np.float32)
             (dxt,) = torch.autograd.grad(yt, xt, t(dy))
             y = np.full(yt.shape, np.nan, dtype=np.float32)
-            p = params([n, c, h, w, oh, ow, k[0], k[1], s[0], s[1], pad[0], pad[1], 1, 1, inc])
-            call(lib, "ad_k_avgpool2d_fwd", p, x, y)
-            check("avgpool2d_fwd", desc + f" inc{inc}", y, yt)
-            call(lib, "ad_k_avgpool2d_bwd", p, dy, dx)
-            check("avgpool2d_bwd", desc + f" inc{inc}", dx, dxt)
+            p = pool_params(n, c, dims, out, k, s, pad, (1,) * sp, inc)
+            call(lib, "ad_k_avgpool_fwd", p, x, y)
+            check("avgpool%dd_fwd" % sp, desc + f" inc{inc}", y, yt)
+            call(lib, "ad_k_avgpool_bwd", p, dy, dx)
+            check("avgpool%dd_bwd" % sp, desc + f" inc{inc}", dx, dxt)
 
 
 def test_softmax(lib, rng):
@@ -277,9 +291,9 @@ def bench(lib):
             yp = np.empty((n, m, h // 2, h // 2), dtype=np.float32)
             dyp = rng.standard_normal(yp.shape).astype(np.float32)
             dxp = np.empty_like(xp)
-            pp = params([n, m, h, h, h // 2, h // 2, 2, 2, 2, 2, 0, 0, 1, 1, 0])
-            of = timeit(lambda: call(lib, "ad_k_maxpool2d_fwd", pp, xp, yp))
-            ob = timeit(lambda: call(lib, "ad_k_maxpool2d_bwd", pp, xp, dyp, dxp))
+            pp = pool_params(n, m, (h, h), (h // 2, h // 2), (2, 2), (2, 2), (0, 0), (1, 1), 0)
+            of = timeit(lambda: call(lib, "ad_k_maxpool_fwd", pp, xp, yp))
+            ob = timeit(lambda: call(lib, "ad_k_maxpool_bwd", pp, xp, dyp, dxp))
             xpt = t(xp, True)
             with torch.no_grad():
                 tpf = timeit(lambda: F.max_pool2d(xpt, 2))

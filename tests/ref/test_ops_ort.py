@@ -5,7 +5,9 @@ against outside references, one single-op ONNX model at a time.
 Inference: each case is built with onnx.helper, run by onnxruntime (the
 reference) and by `autodist infer`; outputs must agree to rtol 1e-4, atol 1e-5.
 Cases cover the attributes each op accepts, at opsets 11, 13 and 17 where the
-op exists there. Unsupported attributes must fail at compile time with exit
+op exists there, and the dtypes it takes (Pad's numeric and bool inputs in its
+three modes, MaxPool's int8 / uint8): the output dtype must match, and integer
+and bool outputs must be equal. Unsupported attributes must fail at compile time with exit
 code 2 and a message naming the node.
 
 Gradients: the op's float initializers are trainable, and the fed input x
@@ -25,7 +27,7 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, mapping, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("AD_SRC", os.path.dirname(os.path.dirname(HERE)))
@@ -48,18 +50,21 @@ class Case:
         self.inits = inits or {}        # dict name -> array (initializers)
         self.attrs = attrs or {}
         self.n_out = n_out
+        self.checked = 0                # the output compared (MaxPool's Indices: 1)
         # Node input names in order ("" for an omitted optional one).
         self.node_inputs = node_inputs or list(inputs) + list(self.inits)
 
     def model(self):
-        vi = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
+        vi = [helper.make_tensor_value_info(k, mapping.NP_TYPE_TO_TENSOR_TYPE[v.dtype], v.shape)
               for k, v in self.inputs.items()]
         inits = [numpy_helper.from_array(v, k) for k, v in self.inits.items()]
         outs = ["y"] if self.n_out == 1 else ["y%d" % i for i in range(self.n_out)]
         node = helper.make_node(self.op, self.node_inputs, outs, name="n0", **self.attrs)
+        # The outputs' types are left to shape inference (onnxruntime's and
+        # autodist's: their dtypes are compared).
         graph = helper.make_graph([node], self.name, vi,
-                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                                   for o in outs], inits)
+                                  [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+                                  inits)
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         m.ir_version = 8
         return m
@@ -77,8 +82,9 @@ def autodist(args, cwd):
 
 
 def run_infer(case, tmp):
-    """`autodist infer` of case.model() on case.inputs; its first graph output
-    is written to tmp/y.npy. Returns (the completed process, the model path)."""
+    """`autodist infer` of case.model() on case.inputs; its graph output
+    case.checked (the first unless set) is written to tmp/y.npy. Returns (the
+    completed process, the model path)."""
     path = os.path.join(tmp, "model.onnx")
     model = case.model()
     onnx.save(model, path)
@@ -87,12 +93,13 @@ def run_infer(case, tmp):
         f = os.path.join(tmp, "in_%s.npy" % k)
         np.save(f, v)
         args += ["--data", "%s=%s" % (k, f)]
-    args += ["--out", "%s=%s" % (model.graph.output[0].name, os.path.join(tmp, "y.npy"))]
+    args += ["--out", "%s=%s" % (model.graph.output[getattr(case, "checked", 0)].name,
+                                 os.path.join(tmp, "y.npy"))]
     return autodist(args, tmp), path
 
 
 def check_infer(case, verbose):
-    ref = ort_run(case.model(), case.inputs)[0]
+    ref = ort_run(case.model(), case.inputs)[case.checked]
     with tempfile.TemporaryDirectory() as tmp:
         r, _ = run_infer(case, tmp)
         if r.returncode != 0:
@@ -100,6 +107,10 @@ def check_infer(case, verbose):
         got = np.load(os.path.join(tmp, "y.npy"))
     if got.shape != ref.shape:
         return "shape %s, expected %s" % (got.shape, ref.shape)
+    if got.dtype != ref.dtype:
+        return "dtype %s, expected %s" % (got.dtype, ref.dtype)
+    if ref.dtype.kind in "iub" and not np.array_equal(got, ref):
+        return "%d of %d elements differ" % (int((got != ref).sum()), ref.size)
     if not np.allclose(got, ref, rtol=RTOL, atol=ATOL):
         err = np.abs(got - ref).max()
         return "max abs error %g (ref max %g)" % (err, np.abs(ref).max())
@@ -156,6 +167,25 @@ def cases():
                 inits["value"] = np.array(val, np.float32)
                 names.append("value")
             add("pad%d%s" % (i, s), "Pad", opset, {"x": x}, inits, node_inputs=names)
+        # Edge and reflect (pads below the axis extent, as onnxruntime needs for
+        # reflect), and the dtypes Pad takes; the constant has x's dtype.
+        pads = np.array([0, 1, 3, 2, 0, 2, 1, 4], np.int64)
+        xi = rng.integers(-50, 50, (2, 3, 4, 5))
+        dtypes = [np.float32, np.float64, np.float16, np.int32, np.int64, np.int8, np.uint8,
+                  np.uint32, np.uint64] + ([np.bool_] if opset >= 13 else [])
+        for dt in dtypes:
+            xd = (xi % 2 == 0) if dt == np.bool_ else \
+                (xi % 100 if np.dtype(dt).kind == "u" else xi).astype(dt)
+            if np.dtype(dt).kind == "f":
+                xd = (xd * 0.37).astype(dt)
+            for mode in ("constant", "edge", "reflect"):
+                inits = {"pads": pads}
+                names = ["x", "pads"]
+                if mode == "constant":
+                    inits["value"] = np.array(1 if dt == np.bool_ else 7, dt)
+                    names.append("value")
+                add("pad_%s_%s%s" % (mode, np.dtype(dt).name, s), "Pad", opset, {"x": xd}, inits,
+                    attrs={"mode": mode}, node_inputs=names)
 
         # Linear family. With transA the fed operand is C (A's first axis is K).
         for ta, tb in ((0, 0), (1, 0), (0, 1), (1, 1)):
@@ -222,6 +252,52 @@ def cases():
             attrs={"kernel_shape": [3], "strides": [2], "pads": [1, 1], "count_include_pad": 1})
         add("globalavg" + s, "GlobalAveragePool", opset, {"x": x})
         add("globalavg1d" + s, "GlobalAveragePool", opset, {"x": rand(2, 3, 7)})
+        # 3-D pooling.
+        x5 = rand(2, 3, 6, 7, 5)
+        pool3d_attrs = [
+            {"kernel_shape": [2, 2, 2]},
+            {"kernel_shape": [2, 3, 2], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1]},
+            {"kernel_shape": [3, 3, 3], "strides": [2, 2, 2], "ceil_mode": 1},
+            {"kernel_shape": [2, 2, 3], "strides": [2, 3, 1], "pads": [1, 1, 0, 1, 1, 1],
+             "ceil_mode": 1},
+            {"kernel_shape": [3, 2, 2], "strides": [2, 2, 2], "auto_pad": "SAME_UPPER"},
+            {"kernel_shape": [2, 3, 3], "strides": [1, 2, 2], "auto_pad": "SAME_LOWER"},
+            {"kernel_shape": [1, 2, 2], "strides": [1, 2, 2]},
+        ]
+        for i, at in enumerate(pool3d_attrs):
+            add("maxpool3d_%d%s" % (i, s), "MaxPool", opset, {"x": x5}, attrs=at)
+            add("avgpool3d_%d%s" % (i, s), "AveragePool", opset, {"x": x5}, attrs=at)
+            if "ceil_mode" not in at and "auto_pad" not in at:
+                add("avgpool3d_%d_incl%s" % (i, s), "AveragePool", opset, {"x": x5},
+                    attrs=dict(at, count_include_pad=1))
+        add("maxpool3d_dil" + s, "MaxPool", opset, {"x": x5},
+            attrs={"kernel_shape": [2, 2, 2], "dilations": [2, 1, 2], "pads": [1, 1, 1, 1, 0, 1]})
+        add("lppool3d" + s, "LpPool", opset, {"x": x5},
+            attrs={"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [1, 0, 1, 0, 1, 1]})
+        add("lppool3d_p3" + s, "LpPool", opset, {"x": x5}, attrs={"kernel_shape": [2, 2, 2], "p": 3})
+        add("globalavg3d" + s, "GlobalAveragePool", opset, {"x": x5})
+        add("globalmax3d" + s, "GlobalMaxPool", opset, {"x": x5})
+        # MaxPool on int8 / uint8 (MaxPool-12+), 2-D and 3-D, with Indices.
+        if opset >= 12:
+            for dt in (np.int8, np.uint8):
+                info = np.iinfo(dt)
+                for i, (shape, at) in enumerate((
+                        ((2, 3, 9, 8), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                        "pads": [1, 1, 1, 1]}),
+                        ((2, 3, 9, 8), {"kernel_shape": [2, 3], "dilations": [2, 1],
+                                        "ceil_mode": 1, "strides": [2, 2]}),
+                        ((2, 3, 5, 6, 4), {"kernel_shape": [2, 2, 2], "strides": [2, 1, 2],
+                                           "pads": [0, 1, 1, 1, 0, 1]}))):
+                    xq = rng.integers(info.min, info.max + 1, shape).astype(dt)
+                    name = "maxpool_%s_%d%s" % (np.dtype(dt).name, i, s)
+                    add(name, "MaxPool", opset, {"x": xq}, attrs=at)
+                    add(name + "_idx", "MaxPool", opset, {"x": xq}, attrs=at, n_out=2)
+                    out[-1].checked = 1
+        for order in (0, 1):  # 3-D Indices
+            add("maxpool3d_idx_order%d%s" % (order, s), "MaxPool", opset, {"x": x5}, n_out=2,
+                attrs={"kernel_shape": [2, 3, 2], "strides": [2, 1, 2],
+                       "pads": [1, 0, 1, 0, 1, 1], "storage_order": order})
+            out[-1].checked = 1
 
         # Softmax family: axis meaning changes at 13.
         x = rand(2, 3, 4, 5) * 3
@@ -235,9 +311,17 @@ def cases():
 def error_cases():
     x = rand(1, 2, 6, 6)
     return [
-        (Case("pad_reflect", "Pad", 13, {"x": x}, {"pads": np.zeros(8, np.int64)},
-              attrs={"mode": "reflect"}),
-         "mode 'reflect' is not supported (only 'constant')"),
+        (Case("pad_bool_op11", "Pad", 11, {"x": x > 0}, {"pads": np.zeros(8, np.int64)}),
+         "input 0 ('x') is bool, which Pad-11 does not take"),
+        (Case("pad_value_dtype", "Pad", 13, {"x": x}, {"pads": np.zeros(8, np.int64),
+                                                        "v": np.array(1.0, np.float64)}),
+         "constant_value input 'v' must be a constant float32 scalar"),
+        (Case("maxpool_int8_op11", "MaxPool", 11, {"x": (x * 10).astype(np.int8)},
+              attrs={"kernel_shape": [2, 2]}),
+         "input 0 ('x') is int8; only float32 is supported"),
+        (Case("avgpool_uint8", "AveragePool", 13, {"x": (x * 10).astype(np.uint8)},
+              attrs={"kernel_shape": [2, 2]}),
+         "input 0 ('x') is uint8; only float32 is supported"),
         # MaxPool's Indices output and storage_order=1 are supported now
         # (checked against onnxruntime in test_norm_ops.py).
         (Case("conv3d", "Conv", 13, {"x": rand(1, 2, 4, 4, 4)}, {"w": rand(3, 2, 2, 2, 2)}),
@@ -276,13 +360,16 @@ def onnx_pads(at, x_shape, kshape):
     return list(at.get("pads", [0] * (2 * sp)))
 
 
-def t_pad_input(x, pads, value):
-    """F.pad with ONNX's (begin..., end...) order for the spatial axes."""
+def t_pad_input(x, pads, value, mode="constant"):
+    """F.pad with ONNX's (begin..., end...) order for the last len(pads) / 2
+    axes; mode "edge" is PyTorch's "replicate"."""
     F = _torch().nn.functional
     sp = len(pads) // 2
     tp = []
     for i in reversed(range(sp)):
         tp += [pads[i], pads[sp + i]]
+    if mode != "constant":
+        return F.pad(x, tp, mode={"edge": "replicate"}.get(mode, mode))
     return F.pad(x, tp, value=value)
 
 
@@ -304,14 +391,16 @@ def t_pool(op, at, xx):
     sym = pads[:sp] == pads[sp:]
     kw = dict(kernel_size=k, stride=at.get("strides", [1] * sp),
               ceil_mode=bool(at.get("ceil_mode", 0)))
+    max_pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[sp]
+    avg_pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[sp]
     if op == "MaxPool":
         kw["dilation"] = at.get("dilations", 1)
         if sym:
-            return F.max_pool2d(xx, padding=pads[:sp], **kw)
-        return F.max_pool2d(t_pad_input(xx, pads, float("-inf")), **kw)
+            return max_pool(xx, padding=pads[:sp], **kw)
+        return max_pool(t_pad_input(xx, pads, float("-inf")), **kw)
     assert sym, "asymmetric average pooling has no PyTorch equivalent here"
-    return F.avg_pool2d(xx, padding=pads[:sp], count_include_pad=bool(at.get("count_include_pad", 0)),
-                        **kw)
+    return avg_pool(xx, padding=pads[:sp], count_include_pad=bool(at.get("count_include_pad", 0)),
+                    **kw)
 
 
 def t_softmax(op, opset, at, x):
@@ -400,6 +489,25 @@ def grad_cases():
             lambda t, at=at: t_pool("AveragePool", at, *t), at)
     add("globalavg", "GlobalAveragePool", 13, [("x", x4)],
         lambda t: t[0].mean(dim=(2, 3), keepdim=True))
+    x5 = rand(2, 3, 6, 7, 5)
+    for i, at in enumerate(({"kernel_shape": [2, 2, 2], "strides": [2, 2, 2]},
+                            {"kernel_shape": [3, 3, 2], "strides": [2, 1, 2],
+                             "pads": [1, 1, 0, 1, 1, 0]},
+                            {"kernel_shape": [3, 2, 3], "strides": [2, 2, 2], "ceil_mode": 1},
+                            {"kernel_shape": [2, 2, 2], "dilations": [2, 1, 2]},
+                            {"kernel_shape": [3, 2, 2], "pads": [1, 0, 1, 0, 1, 0]})):
+        add("maxpool3d_%d" % i, "MaxPool", 13, [("x", x5)],
+            lambda t, at=at: t_pool("MaxPool", at, *t), at)
+    for i, at in enumerate(({"kernel_shape": [3, 3, 3], "strides": [2, 2, 2],
+                             "pads": [1, 1, 1, 1, 1, 1]},
+                            {"kernel_shape": [3, 3, 2], "strides": [2, 2, 1],
+                             "pads": [1, 1, 0, 1, 1, 0], "count_include_pad": 1},
+                            {"kernel_shape": [3, 3, 3], "strides": [2, 2, 2], "ceil_mode": 1},
+                            {"kernel_shape": [2, 3, 1]})):
+        add("avgpool3d_%d" % i, "AveragePool", 13, [("x", x5)],
+            lambda t, at=at: t_pool("AveragePool", at, *t), at)
+    add("globalavg3d", "GlobalAveragePool", 13, [("x", x5)],
+        lambda t: t[0].mean(dim=(2, 3, 4), keepdim=True))
 
     add("gemm_c", "Gemm", 13, [("x", rand(4, 3)), ("b", rand(5, 3)), ("c", rand(5))],
         lambda t: t_gemm({"transB": 1, "alpha": 0.5, "beta": 2.0}, *t),
@@ -430,6 +538,12 @@ def grad_cases():
     add("pad", "Pad", 13, [("x", x), ("p", np.array([0, 1, -1, 2, 0, 0, 1, -2], np.int64)),
                            ("v", np.array(0.5, np.float32))],
         lambda t: t_pad_input(t[0], [1, -1, 2, 0, 1, -2], 0.5))
+    # Edge and reflect: every padding cell's gradient goes back to its source
+    # (PyTorch pads only the last two axes of a 4-D tensor in these modes).
+    for mode in ("edge", "reflect"):
+        add("pad_" + mode, "Pad", 13,
+            [("x", x), ("p", np.array([0, 0, 2, 3, 0, 0, 3, 4], np.int64))],
+            lambda t, mode=mode: t_pad_input(t[0], [2, 3, 3, 4], 0.0, mode), {"mode": mode})
     for opset in (11, 13):
         for op in ("Softmax", "LogSoftmax"):
             for at in ({}, {"axis": 1}, {"axis": 2}):

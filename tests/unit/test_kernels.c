@@ -4,7 +4,8 @@
  * index-by-index transpose and pad), computed in double, on random shapes that
  * cover strides, padding, dilation, groups and the kernels' special paths
  * (pointwise convolution, flat im2col of stride-1 'same' convolutions, bias
- * folded into the GEMM, 2x2 pooling, blocked softmax, merged-axis transpose).
+ * folded into the GEMM, 2x2 pooling, 3-D and integer pooling, blocked softmax,
+ * merged-axis transpose).
  * Outputs are pre-filled with NaN so that a kernel that fails to overwrite
  * shows up, and conv workspaces carry a guard zone.
  * Tolerance: |got - ref| <= 1e-5 * (|ref| + 1) (inputs are in [-1, 1]).
@@ -238,88 +239,183 @@ static void test_conv(void) {
 
 /* ---- pooling ---- */
 
-static void test_pool(void) {
-  for (int t = 0; t < 120; t++) {
-    int64_t n = rnd_int(1, 2), c = rnd_int(1, 3), h = rnd_int(1, 9), w = rnd_int(1, 9);
-    int64_t kh = rnd_int(1, 3), kw = rnd_int(1, 3), sh = rnd_int(1, 3), sw = rnd_int(1, 3);
-    int64_t dh = rnd_int(1, 2), dw = rnd_int(1, 2);
-    int64_t pt = rnd_int(0, kh / 2), pl = rnd_int(0, kw / 2);
-    int64_t pb = rnd_int(0, kh / 2), pr = rnd_int(0, kw / 2);
-    const int64_t inc = rnd_int(0, 1);
-    if (t < 10) { /* the 2x2 stride-2 fast path, odd sizes included */
-      kh = kw = sh = sw = 2;
-      dh = dw = 1;
-      pt = pl = pb = pr = 0;
-      h = rnd_int(2, 9), w = rnd_int(2, 9);
-    }
-    const int64_t oh = (h + pt + pb - dh * (kh - 1) - 1) / sh + 1;
-    const int64_t ow = (w + pl + pr - dw * (kw - 1) - 1) / sw + 1;
-    if (oh < 1 || ow < 1)
-      continue;
-    const int64_t p[15] = {n, c, h, w, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, inc};
-    const int64_t xsz = n * c * h * w, ysz = n * c * oh * ow;
-    /* Few distinct values so that ties (first max wins) are common. */
-    float *x = malloc((size_t)xsz * sizeof(float));
-    for (int64_t i = 0; i < xsz; i++)
-      x[i] = (float)rnd_int(-3, 3) * 0.25f;
-    float *dy = rnd_buf(ysz);
-    double *ymax = dzero(ysz), *yavg = dzero(ysz), *dxmax = dzero(xsz), *dxavg = dzero(xsz);
-    for (int64_t pl_ = 0; pl_ < n * c; pl_++)
-      for (int64_t oy = 0; oy < oh; oy++)
-        for (int64_t ox = 0; ox < ow; ox++) {
-          const int64_t yi = (pl_ * oh + oy) * ow + ox;
-          double mx = -INFINITY, s = 0;
-          int64_t arg = -1, cnt = 0;
-          for (int64_t ky = 0; ky < kh; ky++)
-            for (int64_t kx = 0; kx < kw; kx++) {
-              const int64_t iy = oy * sh - pt + ky * dh, ix = ox * sw - pl + kx * dw;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w)
-                continue;
-              const int64_t xi = (pl_ * h + iy) * w + ix;
-              if (arg < 0 || x[xi] > mx) {
-                mx = x[xi];
-                arg = xi;
-              }
-              s += x[xi];
-              cnt++;
-            }
-          ymax[yi] = mx;
-          if (arg >= 0)
-            dxmax[arg] += dy[yi];
-          const int64_t div = inc ? kh * kw : cnt;
-          yavg[yi] = div ? s / (double)div : 0.0;
-          for (int64_t ky = 0; ky < kh && div; ky++)
-            for (int64_t kx = 0; kx < kw; kx++) {
-              const int64_t iy = oy * sh - pt + ky * dh, ix = ox * sw - pl + kx * dw;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w)
-                continue;
-              dxavg[(pl_ * h + iy) * w + ix] += dy[yi] / (double)div;
-            }
-        }
-    char desc[160];
-    snprintf(desc, sizeof desc, "%lldx%lld k%lldx%lld s%lld,%lld p%lld,%lld d%lld,%lld inc%lld",
-             (long long)h, (long long)w, (long long)kh, (long long)kw, (long long)sh, (long long)sw,
-             (long long)pt, (long long)pl, (long long)dh, (long long)dw, (long long)inc);
-    float *y = nan_buf(ysz), *dx = nan_buf(xsz);
-    ad_k_maxpool2d_fwd(p, x, y);
-    check("maxpool2d_fwd", desc, y, ymax, ysz);
-    ad_k_maxpool2d_bwd(p, x, dy, dx);
-    check("maxpool2d_bwd", desc, dx, dxmax, xsz);
-    ad_k_avgpool2d_fwd(p, x, y);
-    check("avgpool2d_fwd", desc, y, yavg, ysz);
-    ad_k_avgpool2d_bwd(p, dy, dx);
-    check("avgpool2d_bwd", desc, dx, dxavg, xsz);
-    free(x), free(dy), free(y), free(dx), free(ymax), free(yavg), free(dxmax), free(dxavg);
+/* One random pooling case over 3 spatial axes (a 2-D case has depth 1): max
+ * (float32, uint8 and int8 forward, Indices in both storage orders, backward),
+ * average (forward, backward) and Lp (p = 2) against window scans in double. */
+static void run_pool_case(int t) {
+  int64_t n = rnd_int(1, 2), c = rnd_int(1, 3), in[3], k[3], s[3], d[3], pb[3], pe[3], out[3];
+  for (int i = 0; i < 3; i++) {
+    in[i] = rnd_int(1, 7);
+    k[i] = rnd_int(1, 3);
+    s[i] = rnd_int(1, 3);
+    d[i] = rnd_int(1, 2);
+    pb[i] = rnd_int(0, k[i] / 2);
+    pe[i] = rnd_int(0, k[i] / 2);
   }
+  if (t < 60) { /* 2-D: depth 1 (every fourth case with a trivial depth window over D > 1) */
+    in[0] = t % 4 ? 1 : rnd_int(2, 3);
+    k[0] = s[0] = d[0] = 1;
+    pb[0] = pe[0] = 0;
+  }
+  if (t < 10) { /* the 2x2 stride-2 fast path, odd sizes included */
+    k[1] = k[2] = s[1] = s[2] = 2;
+    d[1] = d[2] = 1;
+    pb[1] = pb[2] = pe[1] = pe[2] = 0;
+    in[1] = rnd_int(2, 9), in[2] = rnd_int(2, 9);
+  }
+  int64_t osz = 1, isz = 1;
+  for (int i = 0; i < 3; i++) {
+    out[i] = (in[i] + pb[i] + pe[i] - d[i] * (k[i] - 1) - 1) / s[i] + 1;
+    if (in[i] + pb[i] + pe[i] - d[i] * (k[i] - 1) - 1 < 0)
+      return;
+    osz *= out[i];
+    isz *= in[i];
+  }
+  const int64_t inc = rnd_int(0, 1);
+  int64_t p[23] = {n, c};
+  for (int i = 0; i < 3; i++) {
+    p[2 + i] = in[i], p[5 + i] = out[i], p[8 + i] = k[i];
+    p[11 + i] = s[i], p[14 + i] = pb[i], p[17 + i] = d[i];
+  }
+  p[20] = inc;
+  const int64_t xsz = n * c * isz, ysz = n * c * osz;
+  /* Few distinct values so that ties (first max wins) are common. */
+  float *x = malloc((size_t)xsz * sizeof(float));
+  uint8_t *xu = malloc((size_t)xsz);
+  int8_t *xi = malloc((size_t)xsz);
+  for (int64_t i = 0; i < xsz; i++) {
+    const int64_t v = rnd_int(-3, 3);
+    x[i] = (float)v * 0.25f;
+    xi[i] = (int8_t)(v * 40);
+    xu[i] = (uint8_t)(v * 40 + 128);
+  }
+  float *dy = rnd_buf(ysz);
+  double *ymax = dzero(ysz), *yavg = dzero(ysz), *ylp = dzero(ysz), *dxmax = dzero(xsz),
+         *dxavg = dzero(xsz);
+  int64_t *argm = malloc((size_t)ysz * sizeof(int64_t)),
+          *argc = malloc((size_t)ysz * sizeof(int64_t));
+  for (int64_t pl_ = 0; pl_ < n * c; pl_++)
+    for (int64_t oi = 0; oi < osz; oi++) {
+      const int64_t o[3] = {oi / (out[1] * out[2]), oi / out[2] % out[1], oi % out[2]};
+      const int64_t yi = pl_ * osz + oi;
+      double mx = -INFINITY, sum = 0, sq = 0;
+      int64_t arg = -1, cnt = 0;
+      for (int64_t kk = 0; kk < k[0] * k[1] * k[2]; kk++) {
+        const int64_t kt[3] = {kk / (k[1] * k[2]), kk / k[2] % k[1], kk % k[2]};
+        int64_t at[3], inside = 1;
+        for (int i = 0; i < 3; i++) {
+          at[i] = o[i] * s[i] - pb[i] + kt[i] * d[i];
+          inside &= at[i] >= 0 && at[i] < in[i];
+        }
+        if (!inside)
+          continue;
+        const int64_t xo = pl_ * isz + (at[0] * in[1] + at[1]) * in[2] + at[2];
+        if (arg < 0 || x[xo] > mx) {
+          mx = x[xo];
+          arg = xo;
+        }
+        sum += x[xo];
+        sq += (double)x[xo] * x[xo];
+        cnt++;
+      }
+      ymax[yi] = mx;
+      ylp[yi] = sqrt(sq);
+      argm[yi] = arg;
+      argc[yi] = -1;
+      if (arg >= 0) {
+        dxmax[arg] += dy[yi];
+        const int64_t a = arg - pl_ * isz;
+        const int64_t z = a / (in[1] * in[2]), y = a / in[2] % in[1], xx = a % in[2];
+        argc[yi] = pl_ * isz + z + in[0] * (y + in[1] * xx);
+      }
+      const int64_t div = inc ? k[0] * k[1] * k[2] : cnt;
+      yavg[yi] = div ? sum / (double)div : 0.0;
+      for (int64_t kk = 0; kk < k[0] * k[1] * k[2] && div; kk++) {
+        const int64_t kt[3] = {kk / (k[1] * k[2]), kk / k[2] % k[1], kk % k[2]};
+        int64_t at[3], inside = 1;
+        for (int i = 0; i < 3; i++) {
+          at[i] = o[i] * s[i] - pb[i] + kt[i] * d[i];
+          inside &= at[i] >= 0 && at[i] < in[i];
+        }
+        if (inside)
+          dxavg[pl_ * isz + (at[0] * in[1] + at[1]) * in[2] + at[2]] += dy[yi] / (double)div;
+      }
+    }
+  char desc[200];
+  snprintf(desc, sizeof desc,
+           "in %lldx%lldx%lld k%lldx%lldx%lld s%lld,%lld,%lld p%lld,%lld,%lld "
+           "d%lld,%lld,%lld inc%lld",
+           (long long)in[0], (long long)in[1], (long long)in[2], (long long)k[0], (long long)k[1],
+           (long long)k[2], (long long)s[0], (long long)s[1], (long long)s[2], (long long)pb[0],
+           (long long)pb[1], (long long)pb[2], (long long)d[0], (long long)d[1], (long long)d[2],
+           (long long)inc);
+  float *y = nan_buf(ysz), *dx = nan_buf(xsz);
+  ad_k_maxpool_fwd(p, x, y);
+  check("maxpool_fwd", desc, y, ymax, ysz);
+  ad_k_maxpool_bwd(p, x, dy, dx);
+  check("maxpool_bwd", desc, dx, dxmax, xsz);
+  ad_k_avgpool_fwd(p, x, y);
+  check("avgpool_fwd", desc, y, yavg, ysz);
+  ad_k_avgpool_bwd(p, dy, dx);
+  check("avgpool_bwd", desc, dx, dxavg, xsz);
+  p[21] = 2;
+  ad_k_lppool_fwd(p, x, y);
+  check("lppool_fwd", desc, y, ylp, ysz);
+  /* Indices (row-major, then column-major) and the integer types: the window
+   * scan's argmax, since the integer inputs order as x does. */
+  int64_t *idx = malloc((size_t)ysz * sizeof(int64_t));
+  uint8_t *yu = malloc((size_t)ysz);
+  int8_t *yi8 = malloc((size_t)ysz);
+  for (int order = 0; order < 2; order++) {
+    p[21] = order;
+    p[22] = AD_K_POOL_F32;
+    ad_k_maxpool_idx_fwd(p, x, y, idx);
+    check("maxpool_idx_fwd", desc, y, ymax, ysz);
+    for (int64_t i = 0; i < ysz; i++)
+      if (idx[i] != (order ? argc : argm)[i]) {
+        printf("FAIL maxpool_idx_fwd order %d [%s]: element %lld: got %lld, want %lld\n", order,
+               desc, (long long)i, (long long)idx[i], (long long)(order ? argc : argm)[i]);
+        failures++;
+        break;
+      }
+    for (int dt = AD_K_POOL_U8; dt <= AD_K_POOL_I8; dt++) {
+      p[22] = dt;
+      if (order)
+        ad_k_maxpool_idx_fwd(p, dt == AD_K_POOL_U8 ? (void *)xu : (void *)xi,
+                             dt == AD_K_POOL_U8 ? (void *)yu : (void *)yi8, idx);
+      else
+        ad_k_maxpool_fwd(p, dt == AD_K_POOL_U8 ? (void *)xu : (void *)xi,
+                         dt == AD_K_POOL_U8 ? (void *)yu : (void *)yi8);
+      for (int64_t i = 0; i < ysz; i++) {
+        const int64_t a = argm[i];
+        const int64_t want = dt == AD_K_POOL_U8 ? (a < 0 ? 0 : xu[a]) : (a < 0 ? INT8_MIN : xi[a]);
+        const int64_t got = dt == AD_K_POOL_U8 ? yu[i] : yi8[i];
+        if (got != want || (order && idx[i] != argc[i])) {
+          printf("FAIL maxpool %s order %d [%s]: element %lld: got %lld, want %lld\n",
+                 dt == AD_K_POOL_U8 ? "uint8" : "int8", order, desc, (long long)i, (long long)got,
+                 (long long)want);
+          failures++;
+          break;
+        }
+      }
+    }
+  }
+  free(idx), free(yu), free(yi8), free(xu), free(xi), free(argm), free(argc);
+  free(x), free(dy), free(y), free(dx), free(ymax), free(yavg), free(ylp), free(dxmax), free(dxavg);
+}
+
+static void test_pool(void) {
+  for (int t = 0; t < 160; t++)
+    run_pool_case(t);
   /* A NaN in a window wins (PyTorch propagates it) and takes the gradient. */
-  const int64_t p[15] = {1, 1, 2, 4, 1, 2, 2, 2, 2, 2, 0, 0, 1, 1, 0};
+  int64_t p[23] = {1, 1, 1, 2, 4, 1, 1, 2, 1, 2, 2, 1, 2, 2, 0, 0, 0, 1, 1, 1, 0, 0, 0};
   const float x[8] = {1, NAN, 5, 6, 2, 3, 7, 8};
   const float dy[2] = {1, 1};
   float y[2], dx[8];
-  ad_k_maxpool2d_fwd(p, x, y);
-  ad_k_maxpool2d_bwd(p, x, dy, dx);
+  ad_k_maxpool_fwd(p, x, y);
+  ad_k_maxpool_bwd(p, x, dy, dx);
   if (!isnan(y[0]) || y[1] != 8 || dx[1] != 1 || dx[0] != 0 || dx[7] != 1) {
-    printf("FAIL maxpool2d NaN: y = {%g, %g}, dx[0,1,7] = {%g, %g, %g}\n", y[0], y[1], dx[0], dx[1],
+    printf("FAIL maxpool NaN: y = {%g, %g}, dx[0,1,7] = {%g, %g, %g}\n", y[0], y[1], dx[0], dx[1],
            dx[7]);
     failures++;
   }
@@ -473,11 +569,23 @@ static void test_transpose(void) {
   }
 }
 
+/* Source index of padded index c of an axis of n cells: edge clamps; reflect
+ * bounces between the ends, one step at a time (numpy's 'reflect'). */
+static int64_t pad_ref_source(int mode, int64_t c, int64_t n) {
+  if (mode == AD_K_PAD_EDGE)
+    return c < 0 ? 0 : (c >= n ? n - 1 : c);
+  while (n > 1 && (c < 0 || c >= n))
+    c = c < 0 ? -c : 2 * (n - 1) - c;
+  return n > 1 ? c : 0;
+}
+
 static void test_pad(void) {
-  for (int t = 0; t < 150; t++) {
-    const int rank = (int)rnd_int(1, 4);
-    int64_t p[1 + 24 + 1], dims[8], pb[8], pe[8], ydims[8], xtot = 1, ytot = 1;
-    p[0] = rank;
+  for (int t = 0; t < 240; t++) {
+    const int rank = (int)rnd_int(1, 4), mode = t % 3;
+    int64_t p[3 + 24 + 1], dims[8], pb[8], pe[8], ydims[8], xtot = 1, ytot = 1;
+    p[0] = 4;
+    p[1] = mode;
+    p[2] = rank;
     for (int i = 0; i < rank; i++) {
       dims[i] = rnd_int(1, 6);
       pb[i] = rnd_int(-2, 3);
@@ -487,35 +595,66 @@ static void test_pad(void) {
       ydims[i] = dims[i] + pb[i] + pe[i];
       xtot *= dims[i];
       ytot *= ydims[i];
-      p[1 + i] = dims[i];
-      p[1 + rank + i] = pb[i];
-      p[1 + 2 * rank + i] = pe[i];
+      p[3 + i] = dims[i];
+      p[3 + rank + i] = pb[i];
+      p[3 + 2 * rank + i] = pe[i];
     }
-    const float value = t % 3 == 0 ? 0.0f : -2.5f;
-    p[1 + 3 * rank] = ad_k_slot(value);
+    const float value = t % 2 == 0 ? 0.0f : -2.5f;
+    p[3 + 3 * rank] = ad_k_slot(value);
     float *x = rnd_buf(xtot), *y = nan_buf(ytot), *dy = rnd_buf(ytot), *dx = nan_buf(xtot);
     double *yref = dzero(ytot), *dxref = dzero(xtot);
+    int16_t *x16 = malloc((size_t)xtot * 2), *y16 = malloc((size_t)ytot * 2);
+    for (int64_t i = 0; i < xtot; i++)
+      x16[i] = (int16_t)(i * 37 - 1000);
+    int bad16 = 0;
     for (int64_t yi = 0; yi < ytot; yi++) {
       int64_t rem = yi, xi = 0, xs = 1, inside = 1;
       for (int i = rank - 1; i >= 0; i--) {
-        const int64_t c = rem % ydims[i] - pb[i];
+        int64_t c = rem % ydims[i] - pb[i];
         rem /= ydims[i];
-        if (c < 0 || c >= dims[i])
+        if (c < 0 || c >= dims[i]) {
           inside = 0;
+          c = pad_ref_source(mode, c, dims[i]);
+        }
         xi += c * xs;
         xs *= dims[i];
       }
-      yref[yi] = inside ? x[xi] : value;
-      if (inside)
-        dxref[xi] = dy[yi];
+      const int use = inside || mode != AD_K_PAD_CONSTANT;
+      yref[yi] = use ? x[xi] : value;
+      if (use)
+        dxref[xi] += dy[yi];
     }
     char desc[64];
-    snprintf(desc, sizeof desc, "rank %d case %d", rank, t);
+    snprintf(desc, sizeof desc, "rank %d mode %d case %d", rank, mode, t);
     ad_k_pad_fwd(p, x, y);
     check("pad_fwd", desc, y, yref, ytot);
     ad_k_pad_bwd(p, dy, dx);
     check("pad_bwd", desc, dx, dxref, xtot);
-    free(x), free(y), free(dy), free(dx), free(yref), free(dxref);
+    /* The same pad of 2-byte elements (constant 0x1234): the bytes move alike. */
+    p[0] = 2;
+    p[3 + 3 * rank] = 0x1234;
+    ad_k_pad_fwd(p, x16, y16);
+    for (int64_t yi = 0; yi < ytot && !bad16; yi++) {
+      int64_t rem = yi, xi = 0, xs = 1, inside = 1;
+      for (int i = rank - 1; i >= 0; i--) {
+        int64_t c = rem % ydims[i] - pb[i];
+        rem /= ydims[i];
+        if (c < 0 || c >= dims[i]) {
+          inside = 0;
+          c = pad_ref_source(mode, c, dims[i]);
+        }
+        xi += c * xs;
+        xs *= dims[i];
+      }
+      const int16_t want = inside || mode != AD_K_PAD_CONSTANT ? x16[xi] : 0x1234;
+      if (y16[yi] != want) {
+        printf("FAIL pad_fwd int16 [%s]: element %lld: got %d, want %d\n", desc, (long long)yi,
+               y16[yi], want);
+        failures++;
+        bad16 = 1;
+      }
+    }
+    free(x), free(y), free(dy), free(dx), free(yref), free(dxref), free(x16), free(y16);
   }
 }
 

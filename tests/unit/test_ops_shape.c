@@ -190,9 +190,11 @@ static void test_pad(void) {
   in[2] = ad_const_scalar(g, 1.5f);
   EXPECT_SHAPE(add(g, "Pad", 3, in, 1, NULL, 0, &y), y, 1, 3, 3, 3);
   ad_attr a = attr_s("mode", "reflect");
+  EXPECT_SHAPE(add(g, "Pad", 2, in, 1, &a, 1, &y), y, 1, 3, 3, 3);
+  a = attr_s("mode", "wrap");
   EXPECT_ERROR(add(g, "Pad", 2, in, 1, &a, 1, &y),
-               "test.onnx: node 'n' (Pad): error: mode 'reflect' is not supported (only "
-               "'constant')");
+               "test.onnx: node 'n' (Pad): error: mode 'wrap' is not supported (only constant, "
+               "edge and reflect)");
   in[1] = INTS(g, "p", 0, 0, 1, 1);
   EXPECT_ERROR(add(g, "Pad", 2, in, 1, NULL, 0, &y),
                "test.onnx: node 'n' (Pad): error: pads has 4 entries, expected 8 (2 per axis)");
@@ -224,9 +226,11 @@ static void test_identity_dropout(void) {
   ad_value *in[3] = {x, ad_const_scalar(g, 0.5f), t};
   EXPECT_SHAPE(add(g, "Dropout", 3, in, 1, NULL, 0, &y), y, 8, 16);
   *(uint8_t *)t->data = 1;
+  /* Training mode with ratio > 0 draws a mask (compiler/ops/random.c). */
+  EXPECT_SHAPE(add(g, "Dropout", 3, in, 1, NULL, 0, &y), y, 8, 16);
+  in[1] = ad_const_scalar(g, 1.0f);
   EXPECT_ERROR(add(g, "Dropout", 3, in, 1, NULL, 0, &y),
-               "test.onnx: node 'n' (Dropout): error: training_mode=true with ratio 0.5 draws "
-               "random masks, which is not supported (export with dropout p=0, or in eval mode)");
+               "test.onnx: node 'n' (Dropout): error: ratio 1 is outside [0, 1)");
   /* Training mode with ratio 0 is the identity; the mask output is all true. */
   in[1] = ad_const_scalar(g, 0.0f);
   EXPECT_SHAPE(add(g, "Dropout", 3, in, 2, NULL, 0, &y), y, 8, 16);
@@ -394,6 +398,21 @@ static void test_pool(void) {
   EXPECT_ERROR(add(g, "AveragePool", 1, &x1, 1, at, 1, &y),
                "test.onnx: node 'n' (AveragePool): error: attribute kernel_shape has 2 entries, "
                "expected 1");
+  /* 3-D pooling: per axis (9 + 1 + 1 - 3) / 2 + 1, (8 - 2) / 2 + 1, (7 + 1 - 2) / 2 + 1. */
+  ad_value *x3 = IN(g, "x3", 1, 2, 9, 8, 7);
+  at[0] = ATTR_INTS("kernel_shape", 3, 2, 2);
+  at[1] = ATTR_INTS("strides", 2, 2, 2);
+  at[2] = ATTR_INTS("pads", 1, 0, 1, 1, 0, 0);
+  EXPECT_SHAPE(add(g, "MaxPool", 1, &x3, 1, at, 3, &y), y, 1, 2, 5, 4, 4);
+  EXPECT_SHAPE(add(g, "AveragePool", 1, &x3, 1, at, 3, &y), y, 1, 2, 5, 4, 4);
+  EXPECT_SHAPE(add(g, "GlobalMaxPool", 1, &x3, 1, NULL, 0, &y), y, 1, 2, 1, 1, 1);
+  at[3] = ad_attr_i("storage_order", 2);
+  EXPECT_ERROR(add(g, "MaxPool", 1, &x3, 1, at, 4, &y),
+               "test.onnx: node 'n' (MaxPool): error: storage_order must be 0 or 1, got 2");
+  ad_value *x6 = IN(g, "x6", 1, 2, 3, 3, 3, 3);
+  EXPECT_ERROR(add(g, "MaxPool", 1, &x6, 1, at, 3, &y),
+               "test.onnx: node 'n' (MaxPool): error: input must be N x C x W, N x C x H x W or "
+               "N x C x D x H x W, got [1, 2, 3, 3, 3, 3]");
   ad_graph_destroy(g);
 }
 
