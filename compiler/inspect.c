@@ -150,7 +150,7 @@ static void print_ops(void) {
       ops[m++] = op;
   }
   qsort(ops, (size_t)m, sizeof *ops, cmp_op);
-  printf("# ONNX ops (default domain) that autodist supports, with their opsets\n");
+  printf("# ONNX ops (default domain) that autodist supports: opsets : dtypes of the op's data\n");
   for (int i = 0; i < m;) {
     printf("%-24s", ops[i]->name);
     int j = i;
@@ -172,6 +172,12 @@ static void print_ops(void) {
         printf(" %d-%d", lo, hi);
       j++;
     }
+    char types[160];
+    int which;
+    ad_op_types_str(ad_op_types(ops[i]->name, &which), types, sizeof types);
+    printf("  : %s", types);
+    if (which)
+      printf(which < 0 ? " (output)" : " (input %d)", which);
     printf("\n");
     i = j;
   }

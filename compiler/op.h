@@ -69,6 +69,13 @@ void ad_op_opsets(const char *op_type, const char *domain, char *buf, size_t cap
 /* Iterates all entries (for `inspect` and docs): returns NULL past the end. */
 const ad_op *ad_op_at(int i);
 
+/* The dtypes (a mask of 1 << ad_dtype) op_type computes on, as listed by
+ * `inspect --ops` (ops/types.c); *which (may be NULL): the input they are of,
+ * -1 for output 0. */
+unsigned ad_op_types(const char *op_type, int *which);
+/* "float int uint bool"-style text of a mask. */
+void ad_op_types_str(unsigned types, char *buf, size_t cap);
+
 /* Family tables, each terminated by an entry with name == NULL. */
 extern const ad_op ad_ops_elementwise[];
 extern const ad_op ad_ops_shape[];

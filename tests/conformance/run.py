@@ -29,19 +29,22 @@ it), and when the supported-op rule below is broken; 0 otherwise.
 (with --filter, entries of tests not run are kept).
 
 The supported-op rule. `autodist inspect --ops` lists the ops autodist
-supports with their opsets. A test is an op's own test when its model is one
-node of that op (the *_expanded tests, several nodes, count toward the total
-but are no op's own test). Every own test of a listed op (at the model's
-opset) must pass, or be rejected cleanly: autodist refuses the model up front
-(exit 2, an error naming model.onnx and the node, or the input file), as for
-a dtype, attribute or non-constant input it does not take. A wrong answer, a
-crash, a timeout or a failure while running (exit 1) on such a test is a
-failure that the expected list cannot excuse. A listed op that passes none
-of its own tests gets a note. For every mismatch the runner runs onnxruntime
-on the same inputs; when autodist's outputs equal onnxruntime's, the failure
-is a `reference` one (ONNX's data are off) and counts as passing the rule.
---list-supported-check runs only the own tests of listed ops, prints each op's
-tally and checks the rule.
+supports, with their opsets and the dtypes of each op's data (input 0, or the
+input or output the line names). A test is an op's own test when its model is
+one node of that op (the *_expanded tests, several nodes, count toward the
+total but are no op's own test). An own test is in scope when the op is listed
+at the model's opset, every graph input and output is a numeric or bool tensor
+(not a string, sequence, optional or map) and the op's data has a listed
+dtype. Every own test in scope must pass. The one excuse is ONNX's data
+itself: when autodist's outputs differ from the expected ones but equal
+onnxruntime's on the same inputs (checked live, for every mismatch), the
+failure is a `reference` one. An own test of a listed op out of scope may
+fail only by a clean refusal: autodist refuses the model up front (exit 2, an
+error naming model.onnx and the node, or the input file). A wrong answer, a
+crash, a timeout or a failure while running (exit 1) is never excused, and
+the expected list cannot excuse a broken rule. A listed op that passes none of
+its own tests in scope gets a note. --list-supported-check runs only the own
+tests of listed ops, prints each op's tally and checks the rule.
 """
 import argparse
 import concurrent.futures
@@ -86,17 +89,49 @@ class Failure(Exception):
         self.kind, self.reason = kind, reason
 
 
+# `inspect --ops` names dtypes singly or by class.
+DTYPE_CLASSES = {
+    "float": ("float16", "bfloat16", "float32", "float64"),
+    "int": ("int8", "int16", "int32", "int64"),
+    "uint": ("uint8", "uint16", "uint32", "uint64"),
+}
+ONNX_DTYPE = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.UINT32: "uint32", onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+class OpSupport:
+    """One line of `autodist inspect --ops`: `Op  A-B ...  : dtypes [(input k) | (output)]`."""
+
+    def __init__(self, line):
+        head, _, tail = line.partition(":")
+        self.name, *ranges = head.split()
+        self.ranges = [tuple(int(x) for x in r.split("-")) for r in ranges]
+        m = re.search(r"\((input (\d+)|output)\)\s*$", tail)
+        self.which = (-1 if m.group(1) == "output" else int(m.group(2))) if m else 0
+        words = (tail[: m.start()] if m else tail).split()
+        self.dtypes = {d for w in words for d in DTYPE_CLASSES.get(w, (w,))}
+
+    def at(self, opset):
+        return any(lo <= opset <= hi for lo, hi in self.ranges)
+
+
 def supported_ops(autodist):
-    """{op_type: [(min_opset, max_opset), ...]} from `autodist inspect --ops`."""
+    """{op_type: OpSupport} from `autodist inspect --ops`."""
     out = subprocess.run([autodist, "inspect", "--ops"], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit("run.py: error: %s inspect --ops failed: %s" % (autodist, out.stderr.strip()))
     ops = {}
     for line in out.stdout.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, *ranges = line.split()
-        ops[name] = [tuple(int(x) for x in r.split("-")) for r in ranges]
+        if line.strip() and not line.startswith("#"):
+            o = OpSupport(line)
+            ops[o.name] = o
     return ops
 
 
@@ -147,13 +182,34 @@ class Runner:
         self.autodist, self.timeout, self.ops = autodist, timeout, ops
 
     def own_op(self, model):
-        """(op_type, supported) when the model is one node of the default domain, else None."""
+        """(op_type, listed, in_scope) when the model is one node of the default
+        domain, else None. listed: autodist lists the op at the model's opset.
+        in_scope: also every graph input and output is a numeric or bool tensor
+        and the op's data (the input or output that `inspect --ops` names) has
+        one of the listed dtypes."""
         if len(model.graph.node) != 1 or model.graph.node[0].domain not in ("", "ai.onnx"):
             return None
-        op = model.graph.node[0].op_type
+        node = model.graph.node[0]
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        supported = any(lo <= opset <= hi for lo, hi in self.ops.get(op, ()))
-        return op, supported
+        sup = self.ops.get(node.op_type)
+        if not sup or not sup.at(opset):
+            return node.op_type, False, False
+        types = {v.name: v.type for v in list(model.graph.input) + list(model.graph.output)}
+        for v in list(model.graph.input) + list(model.graph.output):
+            if (v.type.WhichOneof("value") != "tensor_type"
+                    or v.type.tensor_type.elem_type not in ONNX_DTYPE):
+                return node.op_type, True, False
+        inits = {t.name: t.data_type for t in model.graph.initializer}
+        names = node.output if sup.which < 0 else node.input
+        k = max(sup.which, 0)
+        name = names[k] if k < len(names) else ""
+        if name in inits:
+            dt = inits[name]
+        elif name in types:
+            dt = types[name].tensor_type.elem_type
+        else:
+            return node.op_type, True, False
+        return node.op_type, True, ONNX_DTYPE.get(dt) in sup.dtypes
 
     def clean(self, text, test_dir, tmp):
         """Message text without this machine's paths, so that reasons are stable."""
@@ -310,8 +366,6 @@ def ort_agrees(model_path, ins, outs, inputs, got):
     return True
 
 
-
-
 def compare(name, a, b):
     """Raises Failure(MISMATCH) unless a (autodist's) equals b (ONNX's)."""
     if a.dtype != b.dtype:
@@ -414,12 +468,15 @@ def main():
 
     failures = {n: f for n, _, f in results if f is not None}
     passed = len(results) - len(failures)
-    # The supported-op rule: an own test of a listed op passes, is rejected
-    # cleanly, or differs from ONNX's data only where onnxruntime agrees.
-    broken = sorted(
-        (n, own[0], f) for n, own, f in results
-        if f and own and own[1] and f.kind not in (REJECTED, REFERENCE)
-    )
+    # The supported-op rule: an own test of a listed op, within its listed
+    # dtypes, passes (or differs from ONNX's data only where onnxruntime agrees
+    # with autodist); outside them it may be refused cleanly, nothing else.
+    def breaks_rule(own, f):
+        if not f or not own or not own[1]:
+            return False
+        return f.kind != REFERENCE if own[2] else f.kind not in (REJECTED, REFERENCE)
+
+    broken = sorted((n, own[0], f) for n, own, f in results if breaks_rule(own, f))
     unexpected = sorted(n for n in failures if n not in expected)
     run_names = {n for n, _, _ in results}
     stale = sorted(n for n in expected if n in run_names and n not in failures)
@@ -430,13 +487,14 @@ def main():
     if opt.list_supported_check:
         tally = {}
         for n, own, f in results:
-            t = tally.setdefault(own[0], [0, 0, 0])
-            t[0 if f is None else 1 if f.kind == REJECTED else 2] += 1
-        print("supported ops (autodist inspect --ops): own tests passed / refused cleanly / "
-              "broken")
+            t = tally.setdefault(own[0], [0, 0, 0, 0])
+            t[3 if breaks_rule(own, f) else 0 if f is None else 1 if f.kind == REFERENCE else 2] += 1
+        print("listed ops (autodist inspect --ops), own tests: passed / differ from ONNX's data "
+              "where onnxruntime agrees / outside the listed dtypes, refused / broken")
         for op in sorted(ops):
-            p, r, b = tally.get(op, (0, 0, 0))
-            print("  %-24s %3d %3d %3d%s" % (op, p, r, b, "" if p + r + b else "  (no node test)"))
+            p, r, o, b = tally.get(op, (0, 0, 0, 0))
+            print("  %-26s %3d %3d %3d %3d%s" % (op, p, r, o, b,
+                                                "" if p + r + o + b else "  (no node test)"))
     elif opt.update_expected:
         kept = {n: r for n, r in expected.items() if n in all_tests and n not in run_names}
         kept.update({n: f.reason for n, f in failures.items()})
@@ -461,7 +519,7 @@ def main():
     if not opt.filter:
         own_passed, own_total = {}, {}
         for n, own, f in results:
-            if own and own[1]:
+            if own and own[2]:
                 own_total[own[0]] = own_total.get(own[0], 0) + 1
                 own_passed[own[0]] = own_passed.get(own[0], 0) + (f is None)
         for op in sorted(own_total):

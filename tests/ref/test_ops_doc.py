@@ -2,8 +2,8 @@
 """`autodist inspect --ops` and docs/ops.md.
 
 1. The list: one line per op, sorted, each with opset ranges inside the
-   AD_OPSET_MIN..AD_OPSET_MAX the loader accepts; internal ops (domain "ad",
-   such as SoftmaxGrad) are not listed; `--ops` with a model is a usage error
+   AD_OPSET_MIN..AD_OPSET_MAX the loader accepts and the dtypes of its data;
+   internal ops (domain "ad", such as SoftmaxGrad) are not listed; `--ops` with a model is a usage error
    (exit 2).
 2. docs/ops.md is what scripts/gen_ops_doc.py makes of that list (after
    adding an op, regenerate it: /usr/bin/python3 scripts/gen_ops_doc.py).
@@ -34,13 +34,23 @@ lines = [l for l in r.stdout.splitlines() if not l.startswith("#")]
 names = [l.split()[0] for l in lines if l.strip()]
 check(len(names) > 20, "inspect --ops lists %d ops" % len(names))
 check(names == sorted(names) and len(set(names)) == len(names), "ops sorted, each once")
-bad = [l for l in lines if not re.fullmatch(r"[A-Za-z]\w* +(\d+-\d+)( \d+-\d+)*", l)]
-check(not bad, "every line is 'Op  LO-HI...': %s" % bad[:3])
+DT = r"(float|int|uint|bool|float16|bfloat16|float32|float64|int8|int16|int32|int64|uint8|" \
+     r"uint16|uint32|uint64)"
+bad = [l for l in lines if not re.fullmatch(
+    r"[A-Za-z]\w* +(\d+-\d+)( \d+-\d+)* +: %s( %s)*( \((input \d+|output)\))?" % (DT, DT), l)]
+check(not bad, "every line is 'Op  LO-HI... : dtypes': %s" % bad[:3])
+# Each dtype once per line; the classes are written as such.
+dups = [l for l in lines if len(set(l.split(":")[1].split())) != len(l.split(":")[1].split())]
+check(not dups, "no dtype twice on a line: %s" % dups[:3])
+check(any(l.split()[0] == "Conv" and l.endswith(": float32") for l in lines),
+      "Conv computes on float32 only")
+check(any(l.split()[0] == "Add" and l.endswith(": float int uint") for l in lines),
+      "Add computes on every numeric dtype")
 # The opsets a model may import: AD_OPSET_MIN..AD_OPSET_MAX of compiler/op.h.
 op_h = open(os.path.join(SRC, "compiler", "op.h")).read()
 omin, omax = (int(re.search(r"#define AD_OPSET_%s (\d+)" % m, op_h).group(1))
               for m in ("MIN", "MAX"))
-ranges = [tuple(map(int, x.split("-"))) for l in lines for x in l.split()[1:]]
+ranges = [tuple(map(int, x.split("-"))) for l in lines for x in l.split(":")[0].split()[1:]]
 check(all(omin <= lo <= hi <= omax for lo, hi in ranges),
       "opset ranges inside %d-%d" % (omin, omax))
 check("Add" in names and "Softmax" in names, "Add and Softmax listed")
