@@ -1402,7 +1402,15 @@ static ad_status supervise_nodes(job *j) {
  * on another node get the staged plan and data there instead. The
  * remote-shell agent is `autodist __rsh` (runtime/rsh.c); no tree spawn, so
  * only the chief starts daemons. A dead process is killed at once
- * (odls_base_sigkill_timeout 0), so mpirun names it without a 3 s grace. */
+ * (odls_base_sigkill_timeout 0), so mpirun names it without a 3 s grace.
+ *
+ * The daemons stay in their ssh session (orte_leave_session_attached)
+ * instead of daemonizing: the agent's lifeline then covers them, their
+ * errors come back on the agent's stderr, and a daemon that dies before it
+ * reports to mpirun ends its agent with a failure that mpirun acts on. A
+ * daemonizing orted whose parent has exited is out of sight: when it died
+ * between its fork and its setsid (the lifeline's SIGTERM to the session
+ * could catch it there under load), mpirun waited for it forever. */
 static char **node_args(const job *j, const char *exe, int argc, char **argv) {
   const cluster *c = j->cl;
   AD_VEC(char *) a = {0};
@@ -1411,12 +1419,16 @@ static char **node_args(const job *j, const char *exe, int argc, char **argv) {
     AD_VEC_PUSH(a, ad_xstrdup(fixed[i]));
   char agent[4200];
   snprintf(agent, sizeof agent, "%s __rsh", exe);
-  const char *mca[][2] = {
-      {"btl", "self,vader,tcp"},          {"btl_vader_single_copy_mechanism", "none"},
-      {"plm_rsh_agent", agent},           {"plm_rsh_no_tree_spawn", "1"},
-      {"odls_base_sigkill_timeout", "0"}, {"autodist_job", c->job_id},
-      {"btl_tcp_if_include", "lo"},       {"oob_tcp_if_include", "lo"},
-      {"mpi_yield_when_idle", "1"}};
+  const char *mca[][2] = {{"btl", "self,vader,tcp"},
+                          {"btl_vader_single_copy_mechanism", "none"},
+                          {"plm_rsh_agent", agent},
+                          {"plm_rsh_no_tree_spawn", "1"},
+                          {"orte_leave_session_attached", "1"},
+                          {"odls_base_sigkill_timeout", "0"},
+                          {"autodist_job", c->job_id},
+                          {"btl_tcp_if_include", "lo"},
+                          {"oob_tcp_if_include", "lo"},
+                          {"mpi_yield_when_idle", "1"}};
   /* Loopback addresses only (a test, or nodes on one machine): MPI's TCP
    * must stay on lo, and since the "nodes" share this machine's cores, a
    * waiting process yields them (OpenMPI only knows each node's slots, not
