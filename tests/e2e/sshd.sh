@@ -82,29 +82,38 @@ sshd_descendants() {
   done
 }
 
+# The listener's pid, empty when it is gone (sshd removes its pid file as
+# it exits, so the file is read once and may vanish at any time).
+sshd_pid() {
+  cat "$(sshd_dir "$1" "$2")/sshd.pid" 2>/dev/null || true
+}
+
 stop_sshd() {
-  local d pid p
-  d=$(sshd_dir "$1" "$2")
-  [ -s "$d/sshd.pid" ] || return 0
-  pid=$(cat "$d/sshd.pid")
+  local pid p
+  pid=$(sshd_pid "$1" "$2")
+  [ -n "$pid" ] || return 0
   # Sessions first, so that no remote command of the test survives.
   for p in $(sshd_descendants "$pid") "$pid"; do
     kill -TERM "$p" 2>/dev/null || true
   done
-  sshd_wait_gone "$1" "$2"
-  rm -f "$d/sshd.pid"
+  wait_pid_gone "$pid"
+  rm -f "$(sshd_dir "$1" "$2")/sshd.pid"
+}
+
+# Waits (up to 5 s) until process $1 is gone, then kills it.
+wait_pid_gone() {
+  local i
+  for i in $(seq 100); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  kill -KILL "$1" 2>/dev/null || true
 }
 
 sshd_wait_gone() {
-  local d pid i
-  d=$(sshd_dir "$1" "$2")
-  [ -s "$d/sshd.pid" ] || return 0
-  pid=$(cat "$d/sshd.pid")
-  for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
+  local pid
+  pid=$(sshd_pid "$1" "$2")
+  [ -z "$pid" ] || wait_pid_gone "$pid"
 }
 
 new_host_key() {
