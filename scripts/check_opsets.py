@@ -108,7 +108,7 @@ def main():
     for line in out.splitlines():
         if line.startswith("#") or not line.strip():
             continue
-        name, *rs = line.split()
+        name, *rs = line.split(":")[0].split()
         ranges[name] = [tuple(map(int, r.split("-"))) for r in rs]
     hist = schema_versions()
     flagged = 0
