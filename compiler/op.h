@@ -88,6 +88,7 @@ extern const ad_op ad_ops_reduce[];
 extern const ad_op ad_ops_ps[];
 extern const ad_op ad_ops_norm[];
 extern const ad_op ad_ops_random[];
+extern const ad_op ad_ops_loss[];
 
 /* Switches every BatchNormalization of g to training with batch statistics
  * and in-place running-statistics updates (PyTorch's model.train()); called

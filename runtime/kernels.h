@@ -87,6 +87,21 @@ void ad_k_xent_fwd(const int64_t *p, const float *x, const int64_t *label, float
 void ad_k_xent_bwd(const int64_t *p, const float *x, const int64_t *label, const float *dloss,
                    float *dx);
 
+/* ONNX NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss (kernels_loss.c):
+ * scores x viewed as [N, C, D], targets [N, D] (int64, or int32 when is_i32),
+ * weight [C] or NULL; p = {N, C, D, reduction, ignore_index, has_ignore,
+ * is_i32, dtype, softmax}, dtype AD_K_LOSS_F32, _F64 or _F16 (binary16) for x,
+ * weight, loss and log_prob. softmax = 0: x holds log-probabilities; 1: the
+ * log-softmax of x over C is taken first and written to log_prob (same shape
+ * as x) unless it is NULL. loss is [N, D] (reduction NONE) or one element
+ * (SUM; MEAN divides by the sum of the targets' weights). Ignored targets
+ * count 0; a target outside [0, C) that is not ignored gives a NaN loss
+ * element (and a NaN sum or mean). */
+enum { AD_K_LOSS_NONE = 0, AD_K_LOSS_SUM = 1, AD_K_LOSS_MEAN = 2 };
+enum { AD_K_LOSS_F32 = 0, AD_K_LOSS_F64 = 1, AD_K_LOSS_F16 = 2 };
+void ad_k_nll_loss(const int64_t *p, const void *x, const void *target, const void *weight,
+                   void *loss, void *log_prob);
+
 /* Transpose of a dense tensor: p = {rank, dims[rank]..., perm[rank]...};
  * y has dims[perm[i]] at axis i. */
 void ad_k_transpose(const int64_t *p, const float *x, float *y);

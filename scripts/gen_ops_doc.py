@@ -37,6 +37,12 @@ and round after each op), "int" int8 to int64, "uint" uint8 to
 uint64. The op's other inputs (indices, shapes, axes, bounds) take what ONNX
 allows them. Gradients, and so training, are float32 only.
 
+An index fed at run time that is out of range (Gather's indices, the targets
+of NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss) is a data error the
+generated code cannot stop on: the output rows or loss elements it touches are
+NaN, as a loss with a bad label is; nothing outside the tensors is read. The
+same index in an initializer or constant is refused at compile time.
+
 A listed op is supported for the dtypes, attributes and inputs its checks
 accept (inputs that decide shapes, such as the `shape` of Reshape, must be
 known at compile time). Anything else is refused at compile time with an

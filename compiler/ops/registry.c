@@ -10,7 +10,7 @@
 
 static const ad_op *const families[] = {
     ad_ops_elementwise, ad_ops_shape,  ad_ops_linear, ad_ops_conv, ad_ops_softmax, ad_ops_train,
-    ad_ops_index,       ad_ops_reduce, ad_ops_ps,     ad_ops_norm, ad_ops_random,
+    ad_ops_index,       ad_ops_reduce, ad_ops_ps,     ad_ops_norm, ad_ops_random,  ad_ops_loss,
 };
 
 static int domain_eq(const char *a, const char *b) {

@@ -135,6 +135,9 @@ static const struct {
     {"ReduceSumSquare", FH | RI, 0},
     /* random (ops/random.c) */
     {"Dropout", FH, 0},
+    /* losses (ops/loss.c) */
+    {"NegativeLogLikelihoodLoss", FH, 0},
+    {"SoftmaxCrossEntropyLoss", FH, 0},
 };
 
 /* Everything else (Conv, Gemm, MatMul, the normalizations, Softmax and the

@@ -58,6 +58,15 @@ def main():
           [img], [vi("y", ["N", 2, 1, 1])])
     model("flatten", [helper.make_node("Flatten", ["x"], ["y"], axis=1)],
           [img], [vi("y", ["N", 72])])
+    tgt = vi("t", ["N", 6, 6], TensorProto.INT64)
+    model("negativeloglikelihoodloss",
+          [helper.make_node("NegativeLogLikelihoodLoss", ["x", "t", "w"], ["y"],
+                            reduction="mean", ignore_index=1)],
+          [img, tgt], [vi("y", [])], [init("w", np.ones(2, np.float32))])
+    model("softmaxcrossentropyloss",
+          [helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t"], ["y", "lp"],
+                            reduction="none")],
+          [img, tgt], [vi("y", ["N", 6, 6]), vi("lp", ["N", 2, 6, 6])])
     model("reshape", [helper.make_node("Reshape", ["x", "s"], ["y"])],
           [img], [vi("y", ["N", 72])], [init("s", np.array([-1, 72], np.int64))])
     model("transpose", [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 3, 1])],
@@ -110,11 +119,12 @@ BitShift Cast CastLike Ceil Celu Clip Concat ConstantOfShape Conv Cos Cosh Depth
 Dropout Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm
 GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual HardSigmoid HardSwish Hardmax Identity
 InstanceNormalization IsInf IsNaN LRN LayerNormalization LeakyRelu Less LessOrEqual Log
-LogSoftmax LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mod Mul Neg Not OneHot
-Or PRelu Pad Pow Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
-ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Round Selu Shape Shrink
-Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub
-Sum Tan Tanh ThresholdedRelu Tile Transpose Trilu Unsqueeze Where Xor
+LogSoftmax LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mod Mul Neg
+NegativeLogLikelihoodLoss Not OneHot Or PRelu Pad Pow Range Reciprocal ReduceL1 ReduceL2
+ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+ReduceSumSquare Relu Reshape Round Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax
+SoftmaxCrossEntropyLoss Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+ThresholdedRelu Tile Transpose Trilu Unsqueeze Where Xor
 """
 
 if __name__ == "__main__":

@@ -16,8 +16,21 @@ step (lr 1) on an MSE loss; the embedding table's gradient (scatter-add of the
 output rows, repeated ids accumulating) is checked the same way with the ids
 fed and the table trained.
 
+Losses (inference): NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss,
+which pick scores at target indices, at opsets 12 and 13 on 2-D [N, C] and
+4-D [N, C, d1, d2] scores: each reduction, with and without a weight,
+ignore_index (also a batch whose targets are all ignored: a mean of 0 / 0, NaN
+in PyTorch and onnxruntime alike), int64 and int32 targets, the log_prob
+output, float64 and float16 data. Each is compared with PyTorch
+(F.nll_loss / F.cross_entropy, F.log_softmax) and with onnxruntime, rtol 1e-5,
+atol 1e-6 (float16: one rounding, rtol 1e-3). A fed target out of range gives
+NaN at its element (the kernels' data error, as Gather's), a constant one and
+an unlisted dtype (int32, bfloat16) are refused with exit 2
+naming the node, and training through the losses is refused at compile time.
+
 Run: AUTODIST=build/autodist /usr/bin/python3 tests/ref/test_index_ops.py [-k SUBSTRING] [-v]
 """
+import functools
 import os
 import sys
 import tempfile
@@ -249,6 +262,272 @@ def _table_onnx(w, opset, ids_type=TensorProto.INT64):
     return m
 
 
+# ---- losses ----
+
+LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
+LOSSES = {"nll": "NegativeLogLikelihoodLoss", "sce": "SoftmaxCrossEntropyLoss"}
+
+
+class LossCase:
+    """One NLL or SCE node: scores x and targets t fed (axis 0 the batch "N"),
+    the weight (when given) an initializer; outputs y (the loss) and, with
+    log_prob, lp."""
+
+    def __init__(self, name, kind, opset, x, t, w=None, reduction=None, ii=None, log_prob=False,
+                 const_target=False, batch=True):
+        self.name, self.kind, self.opset = name, kind, opset
+        self.batch = batch  # axis 0 of the fed inputs symbolic ("N")
+        self.op = LOSSES[kind]
+        self.x, self.t, self.w = x, t, w
+        self.reduction, self.ii, self.log_prob = reduction, ii, log_prob
+        self.const_target = const_target
+
+    def model(self):
+        def dim0(a):
+            return (["N"] if self.batch else [a.shape[0]]) + list(a.shape[1:])
+        ins = [helper.make_tensor_value_info("x", T.mapping.NP_TYPE_TO_TENSOR_TYPE[self.x.dtype],
+                                             dim0(self.x))]
+        inits = []
+        if self.const_target:
+            inits.append(numpy_helper.from_array(self.t, "t"))
+        else:
+            ins.append(helper.make_tensor_value_info(
+                "t", T.mapping.NP_TYPE_TO_TENSOR_TYPE[self.t.dtype], dim0(self.t)))
+        names = ["x", "t"]
+        if self.w is not None:
+            inits.append(numpy_helper.from_array(self.w, "w"))
+            names.append("w")
+        attrs = {}
+        if self.reduction is not None:
+            attrs["reduction"] = self.reduction
+        if self.ii is not None:
+            attrs["ignore_index"] = self.ii
+        outs = ["y", "lp"] if self.log_prob else ["y"]
+        node = helper.make_node(self.op, names, outs, name="n0", **attrs)
+        graph = helper.make_graph([node], self.name, ins,
+                                  [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+                                  inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = 8
+        return m
+
+    def feeds(self):
+        return {"x": self.x} if self.const_target else {"x": self.x, "t": self.t}
+
+    def torch_ref(self):
+        """PyTorch's outputs, computed in float64 and rounded to the data's dtype."""
+        torch = T._torch()
+        F = torch.nn.functional
+        x = torch.tensor(self.x.astype(np.float64))
+        t = torch.tensor(self.t.astype(np.int64))
+        w = None if self.w is None else torch.tensor(self.w.astype(np.float64))
+        ii = -100 if self.ii is None else self.ii
+        red = self.reduction or "mean"
+        lp = F.log_softmax(x, dim=1)
+        y = F.nll_loss(lp if self.kind == "sce" else x, t, weight=w, ignore_index=ii,
+                       reduction=red)
+        if self.kind == "sce":  # the same through cross_entropy
+            y2 = F.cross_entropy(x, t, weight=w, ignore_index=ii, reduction=red)
+            assert np.allclose(y.numpy(), y2.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+        outs = [y.numpy().astype(self.x.dtype)]
+        if self.log_prob:
+            outs.append(lp.numpy().astype(self.x.dtype))
+        return outs
+
+
+def _close(got, want, dt):
+    rtol, atol = (1e-3, 1e-3) if dt == np.float16 else (LOSS_RTOL, LOSS_ATOL)
+    return (got.shape == want.shape and got.dtype == want.dtype and
+            bool(np.allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol,
+                             atol=atol, equal_nan=True)))
+
+
+def check_loss(case, verbose):
+    """autodist infer against PyTorch and onnxruntime, every output."""
+    want = case.torch_ref()
+    ort_outs = T.ort_run(case.model(), case.feeds())
+    for i, (o, w) in enumerate(zip(ort_outs, want)):
+        if not _close(o, w, case.x.dtype):
+            return "PyTorch and onnxruntime disagree on output %d (test bug)" % i
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(case.model(), path)
+        args = ["infer", path]
+        for k, v in case.feeds().items():
+            np.save(os.path.join(tmp, k + ".npy"), v)
+            args += ["--data", "%s=%s.npy" % (k, os.path.join(tmp, k))]
+        outs = ["y", "lp"][:len(want)]
+        for o in outs:
+            args += ["--out", "%s=%s.npy" % (o, os.path.join(tmp, "out_" + o))]
+        r = T.autodist(args, tmp)
+        if r.returncode != 0:
+            return "autodist infer failed (%d): %s" % (r.returncode, r.stderr.strip())
+        got = [np.load(os.path.join(tmp, "out_%s.npy" % o)) for o in outs]
+    for o, g, w in zip(outs, got, want):
+        if not _close(g, w, case.x.dtype):
+            if g.shape != w.shape or g.dtype != w.dtype:
+                return "%s: %s %s, expected %s %s" % (o, g.dtype, g.shape, w.dtype, w.shape)
+            return "%s: max abs error %g (ref %s)" % (o, np.nanmax(np.abs(g - w)), w.ravel()[:4])
+    return None
+
+
+def loss_cases():
+    out = []
+    for opset in (12, 13):
+        for dt in (np.int64, np.int32):
+            tag = "%s_op%d" % ("i64" if dt == np.int64 else "i32", opset)
+            x2, t2 = rand(6, 5), np.array([0, 4, 2, 2, 1, 3], dt)
+            x4 = rand(3, 4, 2, 3)
+            t4 = rng.integers(0, 4, (3, 2, 3)).astype(dt)
+            w5, w4 = rng.uniform(0.2, 2, 5).astype(np.float32), \
+                rng.uniform(0.2, 2, 4).astype(np.float32)
+            for kind in ("nll", "sce"):
+                # NLL takes log-probabilities; any scores will do for the formula.
+                for red in (None, "mean", "sum", "none"):
+                    r = red or "default"
+                    out.append(LossCase("%s_2d_%s_%s" % (kind, r, tag), kind, opset, x2, t2,
+                                        reduction=red, log_prob=kind == "sce"))
+                    out.append(LossCase("%s_2d_%s_w_%s" % (kind, r, tag), kind, opset, x2, t2,
+                                        w5, reduction=red))
+                    out.append(LossCase("%s_4d_%s_%s" % (kind, r, tag), kind, opset, x4, t4,
+                                        reduction=red, log_prob=kind == "sce"))
+                    out.append(LossCase("%s_4d_%s_w_%s" % (kind, r, tag), kind, opset, x4, t4,
+                                        w4, reduction=red, log_prob=kind == "sce"))
+                    # ignore_index inside [0, C), and a negative one
+                    out.append(LossCase("%s_2d_%s_w_ii2_%s" % (kind, r, tag), kind, opset, x2,
+                                        t2, w5, reduction=red, ii=2))
+                    t4n = t4.copy()
+                    t4n[0, 1, :] = -1
+                    out.append(LossCase("%s_4d_%s_ii-1_%s" % (kind, r, tag), kind, opset, x4,
+                                        t4n, reduction=red, ii=-1, log_prob=kind == "sce"))
+                    # every target ignored: mean is 0 / 0 = NaN
+                    out.append(LossCase("%s_2d_%s_all_ignored_%s" % (kind, r, tag), kind, opset,
+                                        x2, np.full(6, 3, dt), w5, reduction=red, ii=3))
+    for dtype in (np.float64, np.float16):
+        name = np.dtype(dtype).name
+        x4 = rand(3, 4, 2, 3).astype(dtype)
+        t4 = rng.integers(0, 4, (3, 2, 3))
+        t4[1, 0, 0] = 2
+        w4 = rng.uniform(0.2, 2, 4).astype(dtype)
+        for kind in ("nll", "sce"):
+            for red in ("mean", "sum", "none"):
+                out.append(LossCase("%s_4d_%s_w_ii2_%s" % (kind, red, name), kind, 13, x4, t4, w4,
+                                    reduction=red, ii=2, log_prob=kind == "sce"))
+    return out
+
+
+def check_loss_bad_fed_target(kind, verbose):
+    """A fed target outside [0, C) that is not ignore_index: NaN at its
+    element (reduction none), NaN mean; the others as PyTorch."""
+    x = rand(4, 3)
+    good = np.array([0, 2, 1, 1], np.int64)
+    for bad in (3, -2):
+        t = good.copy()
+        t[1] = bad
+        for red in ("none", "mean"):
+            c = LossCase("bad", kind, 13, x, t, reduction=red, ii=-1)
+            ok = LossCase("ok", kind, 13, x, good, reduction="none").torch_ref()[0]
+            want = ok.copy() if red == "none" else np.array(np.nan, np.float32)
+            if red == "none":
+                want[1] = np.nan
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx.save(c.model(), os.path.join(tmp, "m.onnx"))
+                np.save(os.path.join(tmp, "x.npy"), x)
+                np.save(os.path.join(tmp, "t.npy"), t)
+                r = T.autodist(["infer", "m.onnx", "--data", "x=x.npy", "--data", "t=t.npy",
+                                "--out", "y=y.npy"], tmp)
+                if r.returncode != 0:
+                    return "target %d: exit %d: %s" % (bad, r.returncode, r.stderr.strip())
+                got = np.load(os.path.join(tmp, "y.npy"))
+            if not _close(got, want, np.float32):
+                return "target %d, %s: got %s, expected %s" % (bad, red, got, want)
+    return None
+
+
+def loss_error_cases():
+    x = rand(4, 3)
+    t = np.array([0, 2, 1, 1], np.int64)
+    tb = np.array([0, 3, 1, -1], np.int64)
+    out = []
+    case = functools.partial(LossCase, batch=False)  # fixed shapes: the messages show them
+    for kind, op in LOSSES.items():
+        out += [
+            (case("%s_const_target_range" % kind, kind, 13, x, tb, const_target=True, ii=-1),
+             "target 3 is out of range for 3 classes (and is not ignore_index)"),
+            (case("%s_int32_data" % kind, kind, 13, (x * 4).astype(np.int32), t),
+             "input 0 ('x') is int32; %s supports float32, float64, float16" % op),
+            (case("%s_bad_reduction" % kind, kind, 13, x, t, reduction="avg"),
+             "reduction 'avg' is not one of none, sum, mean"),
+            (case("%s_weight_dtype" % kind, kind, 13, x, t, np.ones(3, np.float64)),
+             "weight 'w' is float64 [3]; it must be float32 [3]"),
+            (case("%s_target_shape" % kind, kind, 13, rand(4, 3, 2), t),
+             "target [4] does not fit input [4, 3, 2] (want [N, d1, ...])"),
+        ]
+    return out
+
+
+def check_loss_error(case, expect, verbose):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(case.model(), path)
+        args = ["infer", path]
+        for k, v in case.feeds().items():
+            np.save(os.path.join(tmp, k + ".npy"), v)
+            args += ["--data", "%s=%s.npy" % (k, os.path.join(tmp, k))]
+        r = T.autodist(args + ["--out", "y=%s" % os.path.join(tmp, "y.npy")], tmp)
+    want = "%s: node 'n0' (%s): error: %s" % (path, case.op, expect)
+    if r.returncode != 2 or want not in r.stderr:
+        return "exit %d, stderr %r; expected exit 2 and %r" % (r.returncode, r.stderr.strip(),
+                                                               want)
+    return None
+
+
+def check_loss_bfloat16(verbose):
+    """bfloat16 scores (not listed; an initializer, since numpy has no
+    bfloat16 to feed) are refused at compile time."""
+    x = helper.make_tensor("x", TensorProto.BFLOAT16, [2, 3], [1.0, 2.0, 0.5, -1.0, 0.0, 3.0])
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["x", "t"], ["y"], name="n0")
+    graph = helper.make_graph([node], "bf16",
+                              [helper.make_tensor_value_info("t", TensorProto.INT64, [2])],
+                              [helper.make_value_info("y", onnx.TypeProto())], [x])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(m, path)
+        np.save(os.path.join(tmp, "t.npy"), np.array([0, 2], np.int64))
+        r = T.autodist(["infer", path, "--data", "t=t.npy", "--out", "y=y.npy"], tmp)
+    want = "%s: node 'n0' (SoftmaxCrossEntropyLoss): error: input 0 ('x') is bfloat16" % path
+    if r.returncode != 2 or want not in r.stderr:
+        return "exit %d, stderr %r; expected exit 2 and %r" % (r.returncode, r.stderr.strip(),
+                                                               want)
+    return None
+
+
+def check_loss_no_training(verbose):
+    """Training through the loss (loss: output) is refused at compile time."""
+    node0 = helper.make_node("MatMul", ["x", "W"], ["s"], name="fc")
+    node1 = helper.make_node("SoftmaxCrossEntropyLoss", ["s", "t"], ["loss"], name="n0")
+    graph = helper.make_graph(
+        [node0, node1], "train",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("t", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(rand(4, 3), "W")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(m, os.path.join(tmp, "m.onnx"))
+        with open(os.path.join(tmp, "train.yml"), "w") as f:
+            f.write("loss: output\nbatch_size: 4\noptimizer: {name: sgd, lr: 0.1}\n")
+        r = T.autodist(["compile", "m.onnx", "-t", "train.yml", "-o", "plan"], tmp)
+    want = "node 'n0' (SoftmaxCrossEntropyLoss): error: cannot train through this op"
+    if r.returncode != 2 or want not in r.stderr:
+        return "exit %d, stderr %r; expected exit 2 and %r" % (r.returncode, r.stderr.strip(),
+                                                               want)
+    return None
+
+
 def main():
     verbose = "-v" in sys.argv
     pattern = sys.argv[sys.argv.index("-k") + 1] if "-k" in sys.argv else ""
@@ -281,6 +560,20 @@ def main():
             report(name, check_table_grad(opset, verbose))
     if pattern in "fed_int32":
         report("fed_int32", check_fed_int32(verbose))
+    for c in loss_cases():
+        if pattern in c.name:
+            report(c.name, check_loss(c, verbose))
+    for kind in LOSSES:
+        name = "%s_bad_fed_target" % kind
+        if pattern in name:
+            report(name, check_loss_bad_fed_target(kind, verbose))
+    for c, expect in loss_error_cases():
+        if pattern in c.name:
+            report(c.name, check_loss_error(c, expect, verbose))
+    if pattern in "sce_bfloat16":
+        report("sce_bfloat16", check_loss_bfloat16(verbose))
+    if pattern in "sce_no_training":
+        report("sce_no_training", check_loss_no_training(verbose))
     print("test_index_ops: %d/%d passed" % (ran - failed, ran))
     return 1 if failed else 0
 
