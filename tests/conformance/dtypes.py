@@ -9,7 +9,7 @@ tests (one-node models, see run.py; N per op, default 2) whose data has a
 listed dtype and rewrites them to every other numeric dtype: the graph
 inputs, outputs and initializers of the data's dtype become the new one, and
 the first data set is converted (floats to integers as round(4 x), to
-unsigned as |round(4 x)|). onnxruntime runs the rewritten model; where it
+unsigned as |round(4 x)|, NaN as 0, clipped to the dtype's range). onnxruntime runs the rewritten model; where it
 cannot (it lacks that op for the dtype, or the model breaks a type rule), the
 case is skipped. Otherwise `autodist infer` runs it:
 
@@ -61,11 +61,16 @@ def convert(x, dt):
     if dt == x.dtype.name:
         return x
     if np.issubdtype(x.dtype, np.floating) and not dt.startswith("float"):
-        r = np.round(x.astype(np.float64) * 4)
+        r = np.nan_to_num(np.round(x.astype(np.float64) * 4), nan=0.0)
         if dt.startswith("uint"):
             r = np.abs(r)
         info = np.iinfo(NP[dt])
-        return np.clip(r, info.min, info.max).astype(NP[dt])
+        # The largest float64 not above the dtype's maximum (2^63 - 1 and
+        # 2^64 - 1 round up to a value the cast would overflow).
+        hi = float(info.max)
+        if hi > info.max:
+            hi = np.nextafter(hi, 0)
+        return np.clip(r, info.min, hi).astype(NP[dt])
     return x.astype(NP[dt])
 
 
