@@ -11,7 +11,6 @@
 #                            "reinstalled node" for host-key-change tests.
 #   known_hosts_line ADDR PORT   prints the known_hosts line for its key, as
 #                            ssh would record it ("[ADDR]:PORT ssh-ed25519 ...").
-#   sshd_wait_gone ADDR PORT     waits (up to 5 s) until it is gone.
 #   free_port ADDR           prints a port nothing listens on at ADDR (another
 #                            sshd may hold 2222 on the machine).
 #
@@ -100,7 +99,7 @@ stop_sshd() {
   rm -f "$(sshd_dir "$1" "$2")/sshd.pid"
 }
 
-# Waits (up to 5 s) until process $1 is gone, then kills it.
+# Waits up to 5 s for process $1 to end; SIGKILL if it has not.
 wait_pid_gone() {
   local i
   for i in $(seq 100); do
@@ -108,12 +107,6 @@ wait_pid_gone() {
     sleep 0.05
   done
   kill -KILL "$1" 2>/dev/null || true
-}
-
-sshd_wait_gone() {
-  local pid
-  pid=$(sshd_pid "$1" "$2")
-  [ -z "$pid" ] || wait_pid_gone "$pid"
 }
 
 new_host_key() {
