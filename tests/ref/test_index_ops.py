@@ -342,6 +342,18 @@ def _close(got, want, dt):
                              atol=atol, equal_nan=True)))
 
 
+def infer_args(case, tmp):
+    """(model path, `autodist infer` arguments with the feeds) of case,
+    written to tmp."""
+    path = os.path.join(tmp, "model.onnx")
+    onnx.save(case.model(), path)
+    args = ["infer", path]
+    for k, v in case.feeds().items():
+        np.save(os.path.join(tmp, k + ".npy"), v)
+        args += ["--data", "%s=%s.npy" % (k, os.path.join(tmp, k))]
+    return path, args
+
+
 def check_loss(case, verbose):
     """autodist infer against PyTorch and onnxruntime, every output."""
     want = case.torch_ref()
@@ -350,12 +362,7 @@ def check_loss(case, verbose):
         if not _close(o, w, case.x.dtype):
             return "PyTorch and onnxruntime disagree on output %d (test bug)" % i
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        onnx.save(case.model(), path)
-        args = ["infer", path]
-        for k, v in case.feeds().items():
-            np.save(os.path.join(tmp, k + ".npy"), v)
-            args += ["--data", "%s=%s.npy" % (k, os.path.join(tmp, k))]
+        _, args = infer_args(case, tmp)
         outs = ["y", "lp"][:len(want)]
         for o in outs:
             args += ["--out", "%s=%s.npy" % (o, os.path.join(tmp, "out_" + o))]
@@ -431,11 +438,8 @@ def check_loss_bad_fed_target(kind, verbose):
             if red == "none":
                 want[1] = np.nan
             with tempfile.TemporaryDirectory() as tmp:
-                onnx.save(c.model(), os.path.join(tmp, "m.onnx"))
-                np.save(os.path.join(tmp, "x.npy"), x)
-                np.save(os.path.join(tmp, "t.npy"), t)
-                r = T.autodist(["infer", "m.onnx", "--data", "x=x.npy", "--data", "t=t.npy",
-                                "--out", "y=y.npy"], tmp)
+                _, args = infer_args(c, tmp)
+                r = T.autodist(args + ["--out", "y=y.npy"], tmp)
                 if r.returncode != 0:
                     return "target %d: exit %d: %s" % (bad, r.returncode, r.stderr.strip())
                 got = np.load(os.path.join(tmp, "y.npy"))
@@ -468,12 +472,7 @@ def loss_error_cases():
 
 def check_loss_error(case, expect, verbose):
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        onnx.save(case.model(), path)
-        args = ["infer", path]
-        for k, v in case.feeds().items():
-            np.save(os.path.join(tmp, k + ".npy"), v)
-            args += ["--data", "%s=%s.npy" % (k, os.path.join(tmp, k))]
+        path, args = infer_args(case, tmp)
         r = T.autodist(args + ["--out", "y=%s" % os.path.join(tmp, "y.npy")], tmp)
     want = "%s: node 'n0' (%s): error: %s" % (path, case.op, expect)
     if r.returncode != 2 or want not in r.stderr:
